@@ -1,0 +1,3 @@
+from imagemode.cli import main
+
+raise SystemExit(main())

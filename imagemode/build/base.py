@@ -1,0 +1,262 @@
+"""`imagemode build base`: a bootable Debian image in two layers, the OS and imagemode itself.
+
+The OS layer is cached under the sha256 of the spec and the resolved lock list, so the second run with
+unchanged inputs only writes the thin imagemode layer and a new manifest. Both layers are written
+reproducibly (imagemode.oci.layout), so the same lock list gives the same digests.
+"""
+
+from __future__ import annotations
+
+import compileall
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import imagemode
+from imagemode.build import apt, lint
+from imagemode.build.spec import BaseSpec, Lock, cache_key
+from imagemode.build.steps import TREE_STEPS, BuildContext, Step
+from imagemode.errors import ImagemodeError
+from imagemode.oci import storage
+from imagemode.oci.layout import Blob, Layout, iso_time, write_layer
+from imagemode.oci.reference import ImageRef, Transport, parse
+from imagemode.ui import Progress
+
+DEFAULT_CACHE = Path(os.environ.get("IMAGEMODE_CACHE", "/var/cache/imagemode"))
+PYTHON_DIR = "usr/lib/python3/dist-packages"
+CACHE_KEEP = 3  # OS layers kept in the cache, newest first
+
+
+@dataclass(frozen=True)
+class BaseOptions:
+    spec: BaseSpec
+    tag: ImageRef
+    cache_dir: Path = DEFAULT_CACHE
+    lock_file: Path | None = None
+    output: ImageRef | None = None
+    use_cache: bool = True
+    source_date_epoch: int | None = None
+
+
+@dataclass(frozen=True)
+class BaseResult:
+    tag: str
+    digest: str
+    image_id: str
+    os_layer: str
+    size_bytes: int
+    packages: int
+    cache_key: str
+    cached: bool
+    seconds: float
+
+
+PLAN_STEPS = (
+    Step("resolve", "resolve the package set with apt's solver (apt-get install --simulate)", lambda c: None),
+    *TREE_STEPS,
+    Step("lint", "lint the tree (imagemode container lint rules)", lambda c: None),
+    Step("os-layer", "write the OS tree as a reproducible layer; cache it by the hash of its inputs",
+         lambda c: None),
+    Step("imagemode-layer", "install imagemode from this source tree as a thin top layer", lambda c: None),
+    Step("image", "write config and manifest; copy into containers-storage", lambda c: None),
+)
+
+
+def load_lock(path: Path) -> Lock:
+    try:
+        return Lock.from_json(path.read_text())
+    except FileNotFoundError:
+        raise ImagemodeError(f"lock list not found: {path}") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise ImagemodeError(f"lock list {path} is not a valid imagemode lock list: {e}") from None
+
+
+def _apt_dir(opts: BaseOptions) -> Path:
+    h = hashlib.sha256(json.dumps([opts.spec.sources, opts.spec.architecture]).encode()).hexdigest()[:16]
+    return opts.cache_dir / "apt" / h
+
+
+def resolve(opts: BaseOptions) -> Lock:
+    locked = load_lock(opts.lock_file) if opts.lock_file else None
+    return apt.resolve(opts.spec, _apt_dir(opts), locked=locked, source_date_epoch=opts.source_date_epoch)
+
+
+def plan(opts: BaseOptions) -> dict[str, Any]:
+    """What `build base` would do: the resolved packages and the ordered steps. Builds nothing."""
+    lock = resolve(opts)
+    key = cache_key(opts.spec, lock)
+    cached = (opts.cache_dir / "layers" / key / "layer.json").exists()
+    return {
+        "release": lock.release,
+        "architecture": lock.architecture,
+        "source_date_epoch": lock.source_date_epoch,
+        "packages": [asdict(p) for p in lock.packages],
+        "total_installed_kib": lock.total_installed_kib,
+        "cache_key": key,
+        "os_layer_cached": cached and opts.use_cache,
+        "steps": [{"name": s.name, "summary": s.summary} for s in PLAN_STEPS],
+    }
+
+
+def _labels(spec: BaseSpec, lock: Lock, key: str, tree_version: str) -> dict[str, str]:
+    date = iso_time(lock.source_date_epoch)
+    return {
+        "containers.bootc": "1",
+        "ostree.bootable": "true",
+        "org.opencontainers.image.title": f"imagemode Debian {tree_version.split('.')[0]} base",
+        "org.opencontainers.image.version": f"{tree_version}.{date[:10].replace('-', '')}",
+        "org.opencontainers.image.created": date,
+        "org.opencontainers.image.description": f"Debian {spec.release} bootable base, built by imagemode",
+        "io.imagemode.base.cache-key": key,
+        "io.imagemode.version": imagemode.__version__,
+    }
+
+
+def _gc_layers(layers_dir: Path, keep: str) -> None:
+    entries = sorted((p for p in layers_dir.iterdir() if p.is_dir() and p.name != keep),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[CACHE_KEEP - 1 :]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _workdir(base: Path, prefix: str) -> Iterator[Path]:
+    base.mkdir(parents=True, exist_ok=True)
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def build_os_layer(opts: BaseOptions, lock: Lock, key: str, progress: Progress) -> dict[str, Any]:
+    """Run the tree steps and write the OS layer into the cache. Returns the layer record."""
+    layers = opts.cache_dir / "layers"
+    with _workdir(opts.cache_dir / "work", "base-") as work:
+        tree = work / "rootfs"
+        ctx = BuildContext(spec=opts.spec, lock=lock, tree=tree, deb_cache=opts.cache_dir / "debs",
+                           log=progress.line)
+        for step in TREE_STEPS:
+            with progress.step(step.name, step.summary):
+                step.func(ctx)
+        with progress.step("lint", "lint the tree"):
+            report = lint.lint_tree(tree, {"containers.bootc": "1"})
+            if report.errors:
+                raise ImagemodeError(f"the base tree fails lint: {report.errors[0]}")
+        tree_version = (tree / "etc/debian_version").read_text().strip()
+        with progress.step("os-layer", "write the OS tree as a reproducible layer"):
+            staged = work / "layer"
+            staged.mkdir()
+            blob = write_layer(tree, staged / "layer.tar", lock.source_date_epoch)
+            record = {"digest": blob.digest, "size": blob.size, "debian_version": tree_version,
+                      "packages": len(lock.packages)}
+            (staged / "layer.json").write_text(json.dumps(record))
+            (staged / "lock.json").write_text(lock.to_json())
+            final = layers / key
+            if final.exists():
+                shutil.rmtree(final)
+            layers.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, final)  # a cache entry appears whole or not at all
+        # The tree is rebuilt from the lock list when needed; only the layer is kept.
+    _gc_layers(layers, key)
+    return record
+
+
+def imagemode_source() -> Path:
+    return Path(imagemode.__file__).resolve().parent
+
+
+def write_imagemode_layer(dest: Path, epoch: int) -> Blob:
+    """imagemode's own code, byte-compiled, as it runs on the device's python3."""
+    with tempfile.TemporaryDirectory(prefix="imagemode-layer-") as tmp:
+        root = Path(tmp)
+        pkg = root / PYTHON_DIR / "imagemode"
+        shutil.copytree(imagemode_source(), pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        # /usr is read-only on the device, so compile here; unchecked hashes keep the bytes reproducible.
+        import py_compile
+
+        compileall.compile_dir(pkg, quiet=1, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+        bindir = root / "usr/bin"
+        bindir.mkdir(parents=True)
+        entry = bindir / "imagemode"
+        entry.write_text("#!/usr/bin/python3\nfrom imagemode.cli import main\n\nraise SystemExit(main())\n")
+        entry.chmod(0o755)
+        for p in root.rglob("*"):
+            os.utime(p, (epoch, epoch), follow_symlinks=False)
+        return write_layer(root, dest, epoch, prefix=("usr", "usr/bin", "usr/lib", "usr/lib/python3",
+                                                      PYTHON_DIR))
+
+
+def build(opts: BaseOptions, progress: Progress) -> BaseResult:
+    with progress.step(PLAN_STEPS[0].name, PLAN_STEPS[0].summary):
+        lock = resolve(opts)
+    key = cache_key(opts.spec, lock)
+    layer_dir = opts.cache_dir / "layers" / key
+    cached = opts.use_cache and (layer_dir / "layer.json").exists()
+    if cached:
+        record = json.loads((layer_dir / "layer.json").read_text())
+        os.utime(layer_dir)  # recently used: kept by the cache's GC
+        for step in PLAN_STEPS[1:-2]:
+            progress.skipped(step.name, f"cached (key {key[:12]})")
+    else:
+        record = build_os_layer(opts, lock, key, progress)
+    os_blob = Blob(record["digest"], record["size"], "application/vnd.oci.image.layer.v1.tar")
+    with _workdir(opts.cache_dir / "work", "image-") as work:
+        with progress.step("imagemode-layer", f"imagemode {imagemode.__version__} from {imagemode_source()}"):
+            top = write_imagemode_layer(work / "imagemode.tar", lock.source_date_epoch)
+        with progress.step("image", f"config and manifest, then containers-storage:{opts.tag}"):
+            layout = Layout(work / "oci")
+            layout.add_file(layer_dir / "layer.tar", os_blob)
+            layout.add_file(work / "imagemode.tar", top)
+            epoch = lock.source_date_epoch
+            labels = _labels(opts.spec, lock, key, record["debian_version"])
+            config = {
+                "created": iso_time(epoch),
+                "architecture": opts.spec.architecture,
+                "os": "linux",
+                "config": {
+                    "Cmd": ["/sbin/init"],
+                    "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                    "Labels": labels,
+                    "StopSignal": "SIGRTMIN+3",
+                },
+                "history": [
+                    {"created": iso_time(epoch),
+                     "created_by": f"imagemode build base: Debian {opts.spec.release}, "
+                                   f"{record['packages']} packages (cache key {key[:12]})"},
+                    {"created": iso_time(epoch), "created_by": f"imagemode {imagemode.__version__}"},
+                ],
+            }
+            manifest = layout.write_image([(os_blob, os_blob.digest), (top, top.digest)], config, "latest")
+            src = ImageRef(Transport.OCI, path=str(layout.path), tag="latest")
+            storage.copy(src, opts.tag)
+            if opts.output is not None:
+                Path(opts.output.path).parent.mkdir(parents=True, exist_ok=True)
+                storage.copy(src, opts.output)
+    info = storage.inspect(opts.tag)
+    return BaseResult(
+        tag=str(opts.tag),
+        digest=manifest.digest,
+        image_id=info["Id"],
+        os_layer=os_blob.digest,
+        size_bytes=int(info.get("Size", 0)),
+        packages=record["packages"],
+        cache_key=key,
+        cached=cached,
+        seconds=0.0,
+    )
+
+
+def parse_output(text: str) -> ImageRef:
+    ref = parse(text)
+    if ref.transport not in (Transport.OCI, Transport.OCI_ARCHIVE):
+        raise ImagemodeError(f"--output {text!r}: use oci:DIR or oci-archive:FILE")
+    return ref

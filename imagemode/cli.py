@@ -1,0 +1,280 @@
+"""The command line: parse, call one function, print. Every failure is one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import imagemode
+from imagemode.errors import ImagemodeError
+
+EXIT_USAGE = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _json_out(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=False))
+
+
+def _human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+# ---- build base -------------------------------------------------------------------------------------
+
+
+def _base_options(args: argparse.Namespace) -> Any:
+    from imagemode.build.base import BaseOptions, parse_output
+    from imagemode.build.spec import BaseSpec
+    from imagemode.oci.reference import local_tag
+
+    spec = BaseSpec(release=args.release, mirror=args.mirror, security_mirror=args.security_mirror,
+                    extra_packages=tuple(args.package))
+    return BaseOptions(
+        spec=spec,
+        tag=local_tag(args.tag),
+        cache_dir=Path(args.cache_dir),
+        lock_file=Path(args.lock) if args.lock else None,
+        output=parse_output(args.output) if args.output else None,
+        use_cache=not args.no_cache,
+        source_date_epoch=args.source_date_epoch,
+    )
+
+
+def cmd_build_base(args: argparse.Namespace) -> int:
+    from imagemode.build import base
+    from imagemode.ui import Progress
+
+    opts = _base_options(args)
+    if args.plan:
+        p = base.plan(opts)
+        if args.json:
+            _json_out(p)
+            return 0
+        print(f"Resolved by apt for Debian {p['release']}/{p['architecture']}"
+              f" (SOURCE_DATE_EPOCH={p['source_date_epoch']}):")
+        width = max(len(x["name"]) for x in p["packages"])
+        for x in p["packages"]:
+            print(f"  {x['name']:<{width}}  {x['version']:<36} {x['installed_size_kib']:>8} KiB")
+        print(f"{len(p['packages'])} packages, {_human_size(p['total_installed_kib'] * 1024)} installed")
+        cache = "cached" if p["os_layer_cached"] else "not cached"
+        print(f"Build steps (OS layer {cache}, key {p['cache_key'][:12]}):")
+        for i, s in enumerate(p["steps"], 1):
+            print(f"  {i:>2}. {s['name']:<16} {s['summary']}")
+        return 0
+    progress = Progress(len(base.PLAN_STEPS), quiet=args.json)
+    result = base.build(opts, progress)
+    total = progress.done("built " + result.tag)
+    from dataclasses import asdict, replace
+
+    result = replace(result, seconds=round(total, 1))
+    if args.json:
+        _json_out(asdict(result))
+    else:
+        print(f"{result.tag}\n  digest   {result.digest}\n  size     {_human_size(result.size_bytes)}"
+              f"\n  packages {result.packages}\n  OS layer {'cached' if result.cached else 'built'}"
+              f" ({result.cache_key[:12]})\n  time     {result.seconds:.1f}s")
+    return 0
+
+
+# ---- build -f Containerfile -------------------------------------------------------------------------
+
+
+def _print_report(report: Any, as_json: bool) -> None:
+    if as_json:
+        _json_out(report.to_dict())
+        return
+    for e in report.errors:
+        print(f"error: {e}")
+    for w in report.warnings:
+        print(f"warning: {w}")
+    print(f"{report.image}: {len(report.errors)} errors, {len(report.warnings)} warnings,"
+          f" {len(report.passed)} checks passed")
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from imagemode.build import containerfile
+
+    context = Path(args.context)
+    cf = Path(args.file) if args.file else context / "Containerfile"
+    if not args.file and not cf.exists() and (context / "Dockerfile").exists():
+        cf = context / "Dockerfile"
+    opts = containerfile.BuildOptions(
+        containerfile=cf, tag=containerfile.parse_tag(args.tag), context=context,
+        build_args=tuple(args.build_arg), do_lint=not args.no_lint, fatal_warnings=args.fatal_warnings,
+    )
+    log = logging.getLogger("imagemode.build")
+    report = containerfile.build(opts, on_line=None if args.verbose else log.info)
+    if report is not None:
+        _print_report(report, as_json=False)
+    print(f"built {opts.tag}")
+    return 0
+
+
+# ---- container lint ---------------------------------------------------------------------------------
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    from imagemode.build import containerfile, lint
+    from imagemode.oci.reference import parse_local
+
+    if args.list:
+        if args.json:
+            _json_out([{"name": r.name, "level": r.level.value, "description": r.description}
+                       for r in lint.RULES])
+        else:
+            for r in lint.RULES:
+                print(f"{r.name:<14} {r.level.value:<8} {r.description}")
+        return 0
+    if not args.image:
+        raise ImagemodeError("an IMAGE to lint is required (or --list)")
+    report = containerfile.lint_image(parse_local(args.image))
+    _print_report(report, args.json)
+    failed = bool(report.errors) or (args.fatal_warnings and bool(report.warnings))
+    if failed and not args.json:
+        first = report.errors[0] if report.errors else report.warnings[0]
+        print(f"imagemode: error: {report.image} fails lint: {first}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+# ---- parser -----------------------------------------------------------------------------------------
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help="log every external command and its output")
+
+
+def _lint_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", nargs="?", metavar="IMAGE", help="an image in local containers-storage")
+    p.add_argument("--fatal-warnings", action="store_true", help="fail on warnings too")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--list", action="store_true", help="list the lint rules and exit")
+    p.set_defaults(func=cmd_lint)
+
+
+def build_base_parser() -> Parser:
+    from imagemode.build import spec
+
+    p = Parser(prog="imagemode build base", description=(
+        "Build the bootable Debian base image from Debian packages, into local containers-storage. "
+        "apt resolves the package set; the OS layer is cached by the hash of its inputs; imagemode itself "
+        "is a thin top layer. Use the result in a Containerfile: FROM " + spec.DEFAULT_TAG))
+    _add_common(p)
+    p.add_argument("-t", "--tag", default=spec.DEFAULT_TAG, help="image tag (default: %(default)s)")
+    p.add_argument("--release", default=spec.DEFAULT_RELEASE, help="Debian release (default: %(default)s)")
+    p.add_argument("--mirror", default=spec.DEFAULT_MIRROR, help="Debian mirror (default: %(default)s)")
+    p.add_argument("--security-mirror", default=spec.DEFAULT_SECURITY_MIRROR, metavar="URL",
+                   help="security mirror, '' for none (default: %(default)s)")
+    p.add_argument("--package", action="append", default=[], metavar="NAME",
+                   help="an extra package to install (repeatable)")
+    p.add_argument("--lock", metavar="FILE",
+                   help="build exactly the package versions of this lock list (see docs/base-image.md)")
+    p.add_argument("--source-date-epoch", type=int, metavar="N",
+                   help="timestamp clamp (default: the mirror's Release date, or the lock list's)")
+    p.add_argument("--plan", action="store_true",
+                   help="print the resolved package set and the build steps, then exit without building")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--output", metavar="oci:DIR", help="also write the image to an OCI layout or archive")
+    p.add_argument("--no-cache", action="store_true", help="rebuild the OS layer even if it is cached")
+    from imagemode.build.base import DEFAULT_CACHE
+
+    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), metavar="DIR",
+                   help="cache for package lists, .debs and OS layers (default: %(default)s)")
+    p.set_defaults(func=cmd_build_base)
+    return p
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="imagemode", description=(
+        "Image mode for Linux: build the OS as a bootable container image, turn it into disks, "
+        "and update devices from a registry, whole and atomically."),
+        epilog="verbs:\n  build base      build the bootable Debian base image\n"
+               "  build           build a Containerfile and lint the result\n"
+               "  container lint  check that an image is bootable (alias: lint)\n\n"
+               "Run 'imagemode VERB --help' for a verb's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"imagemode {imagemode.__version__}")
+    _add_common(p)
+    sub = p.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
+
+    b = sub.add_parser("build", help="build a Containerfile (or 'build base', the base image)",
+                       description="Build a Containerfile with podman, with the options this machine needs, "
+                                   "then lint the result. The tag is applied only if the build and the lint "
+                                   "pass. For the base image see 'imagemode build base --help'.")
+    _add_common(b)
+    b.add_argument("context", nargs="?", default=".", metavar="CONTEXT", help="build context (default: .)")
+    b.add_argument("-f", "--file", metavar="CONTAINERFILE", help="default: CONTEXT/Containerfile")
+    b.add_argument("-t", "--tag", required=True, help="tag of the built image")
+    b.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE")
+    b.add_argument("--no-lint", action="store_true", help="skip the lint after the build")
+    b.add_argument("--fatal-warnings", action="store_true", help="lint warnings fail the build too")
+    b.set_defaults(func=cmd_build)
+
+    c = sub.add_parser("container", help="operations on container images (lint)",
+                       description="Operations on bootable container images.")
+    _add_common(c)
+    csub = c.add_subparsers(dest="container_verb", metavar="VERB", parser_class=Parser, required=True)
+    cl = csub.add_parser("lint", help="check that an image is bootable",
+                         description="Check a bootable container image. Errors make it unusable, warnings "
+                                     "flag surprises on a device. Exit 1 on an error (or a warning with "
+                                     "--fatal-warnings).")
+    _add_common(cl)
+    _lint_args(cl)
+
+    al = sub.add_parser("lint", help="alias of 'container lint'",
+                        description="Alias of 'imagemode container lint'.")
+    _add_common(al)
+    _lint_args(al)
+    return p
+
+
+def _dispatch(argv: Sequence[str]) -> tuple[argparse.Namespace, Callable[[argparse.Namespace], int]]:
+    # "build base" is its own verb, but argparse cannot mix a sub-verb with build's CONTEXT positional.
+    if len(argv) >= 2 and argv[0] == "build" and argv[1] == "base":
+        args = build_base_parser().parse_args(argv[2:])
+    else:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.verb is None:
+            parser.print_help()
+            raise SystemExit(EXIT_USAGE)
+    func: Callable[[argparse.Namespace], int] = args.func
+    return args, func
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, func = _dispatch(argv)
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(message)s", stream=sys.stderr)
+    try:
+        return func(args)
+    except ImagemodeError as e:
+        print(f"imagemode: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            print(f"imagemode: error: no space left on device writing {e.filename or 'a file'};"
+                  " nothing was tagged", file=sys.stderr)
+        else:
+            print(f"imagemode: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("imagemode: interrupted", file=sys.stderr)
+        return 130

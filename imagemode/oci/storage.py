@@ -1,0 +1,71 @@
+"""Local containers-storage (through podman) and copies between transports (through skopeo)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from imagemode.errors import ImagemodeError
+from imagemode.oci.reference import ImageRef, Transport
+from imagemode.run import RunError, run
+
+
+class ImageNotFoundError(ImagemodeError):
+    pass
+
+
+def copy(src: ImageRef | str, dest: ImageRef | str, *, preserve_digests: bool = False,
+         src_tls_verify: bool = True, dest_tls_verify: bool = True) -> None:
+    s = src.skopeo if isinstance(src, ImageRef) else src
+    d = dest.skopeo if isinstance(dest, ImageRef) else dest
+    cmd = ["skopeo", "copy", "--quiet"]
+    if preserve_digests:
+        cmd.append("--preserve-digests")
+    if not src_tls_verify:
+        cmd.append("--src-tls-verify=false")
+    if not dest_tls_verify:
+        cmd.append("--dest-tls-verify=false")
+    run([*cmd, s, d])
+
+
+def exists(ref: ImageRef) -> bool:
+    return run(["podman", "image", "exists", str(ref)], check=False).returncode == 0
+
+
+def inspect(ref: ImageRef) -> dict[str, Any]:
+    """podman's inspect record of a local image: Id, Digest, Labels, Size, RootFS.Layers, ..."""
+    try:
+        out = run(["podman", "image", "inspect", str(ref)])
+    except RunError as e:
+        raise ImageNotFoundError(f"image {ref} is not in local containers-storage") from e
+    data: list[dict[str, Any]] = json.loads(out.stdout)
+    return data[0]
+
+
+def tag(source: str, ref: ImageRef) -> None:
+    run(["podman", "tag", source, str(ref)])
+
+
+def untag(ref: ImageRef | str) -> None:
+    run(["podman", "untag", str(ref)], check=False)
+
+
+def remove(ref: ImageRef | str) -> None:
+    run(["podman", "rmi", "--force", str(ref)], check=False)
+
+
+@contextlib.contextmanager
+def mounted(ref: ImageRef) -> Iterator[Path]:
+    """The merged root filesystem of a local image, read-only in spirit, for the time of the block."""
+    if ref.transport is not Transport.CONTAINERS_STORAGE:
+        raise ImagemodeError(f"{ref.skopeo}: only containers-storage images can be mounted")
+    if not exists(ref):
+        raise ImageNotFoundError(f"image {ref} is not in local containers-storage")
+    path = Path(run(["podman", "image", "mount", str(ref)]).stdout.strip())
+    try:
+        yield path
+    finally:
+        run(["podman", "image", "unmount", str(ref)], check=False)

@@ -1,0 +1,182 @@
+"""The one place that spawns external programs.
+
+Every tool (mmdebstrap, podman, skopeo, ostree, qemu, ...) is called through `run()`. It logs the command,
+captures or streams the output, keeps the tail of stderr, and turns a failure into a `RunError` that
+carries the command and that tail. No shell strings: arguments are always a list.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import shlex
+import subprocess
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+from imagemode.errors import ImagemodeError
+
+log = logging.getLogger("imagemode.run")
+
+PathString = str | os.PathLike[str]
+
+# Which Debian package brings each program, so that a missing tool names its fix.
+PACKAGE_OF = {
+    "mmdebstrap": "mmdebstrap",
+    "podman": "podman",
+    "buildah": "buildah",
+    "skopeo": "skopeo",
+    "ostree": "ostree",
+    "apt-get": "apt",
+    "apt-cache": "apt",
+    "dpkg-query": "dpkg",
+    "depmod": "kmod",
+    "systemctl": "systemd",
+    "qemu-system-x86_64": "qemu-system-x86",
+    "qemu-img": "qemu-utils",
+    "sgdisk": "gdisk",
+    "mkfs.ext4": "e2fsprogs",
+    "mkfs.vfat": "dosfstools",
+    "mcopy": "mtools",
+    "mmd": "mtools",
+    "docker-registry": "docker-registry",
+}
+
+STDERR_TAIL_LINES = 12
+
+
+class RunError(ImagemodeError):
+    """An external program failed: carries the command, its exit status and the tail of its stderr."""
+
+    def __init__(self, cmd: Sequence[str], returncode: int, stderr_tail: str, stdout: str = "") -> None:
+        self.cmd = list(cmd)
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+        self.stdout = stdout
+        # A full disk is the cause whatever else the tool printed after it: name it.
+        enospc = [ln.strip() for ln in stderr_tail.splitlines() if "No space left on device" in ln]
+        last = enospc[0] if enospc else _last_meaningful_line(stderr_tail)
+        detail = f": {last}" if last else ""
+        super().__init__(f"{Path(self.cmd[0]).name} failed with exit status {returncode}{detail}")
+
+    @property
+    def command_line(self) -> str:
+        return shlex.join(self.cmd)
+
+
+class ToolMissingError(ImagemodeError):
+    """A program that imagemode needs is not installed."""
+
+    def __init__(self, program: str) -> None:
+        self.program = program
+        package = PACKAGE_OF.get(Path(program).name)
+        hint = f"; install it with: apt-get install {package}" if package else ""
+        super().__init__(f"{program} is not installed{hint}")
+
+
+def _last_meaningful_line(text: str) -> str:
+    for line in reversed(text.splitlines()):
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def _pump(stream: IO[str], sink: list[str] | None, tail: collections.deque[str] | None,
+          on_line: Callable[[str], None] | None) -> None:
+    for line in stream:
+        if sink is not None:
+            sink.append(line)
+        if tail is not None:
+            tail.append(line)
+        if on_line is not None:
+            on_line(line.rstrip("\n"))
+    stream.close()
+
+
+def run(
+    cmd: Sequence[PathString],
+    *,
+    check: bool = True,
+    capture: bool = True,
+    input: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: PathString | None = None,
+    success: Sequence[int] = (0,),
+    on_line: Callable[[str], None] | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run `cmd` and return its completed process.
+
+    capture: keep stdout in the result; otherwise stdout goes to `on_line` (or to the log).
+    on_line: receives every line of stderr (and of stdout when not captured) as it arrives, for progress.
+    env: variables added to the current environment.
+    """
+    argv = [os.fspath(c) for c in cmd]
+    log.debug("run: %s", shlex.join(argv))
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    stdout_lines: list[str] = []
+    tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+
+    def logline(line: str) -> None:
+        log.debug("  %s: %s", Path(argv[0]).name, line)
+
+    sink = on_line or logline
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=full_env,
+            cwd=os.fspath(cwd) if cwd is not None else None,
+            text=True,
+            errors="replace",
+        )
+    except FileNotFoundError as e:
+        raise ToolMissingError(argv[0]) from e
+    assert proc.stdout is not None and proc.stderr is not None
+    threads = [
+        threading.Thread(target=_pump, args=(proc.stdout, stdout_lines, None, None if capture else sink)),
+        threading.Thread(target=_pump, args=(proc.stderr, None, tail, sink)),
+    ]
+    for t in threads:
+        t.start()
+    if input is not None:
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(input)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+    try:
+        returncode = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        for t in threads:
+            t.join()
+        raise RunError(argv, -9, "".join(tail) + f"\ntimed out after {timeout:.0f}s") from None
+    except BaseException:
+        # Ctrl-C or similar: never leave the child behind.
+        proc.kill()
+        proc.wait()
+        raise
+    for t in threads:
+        t.join()
+    stdout = "".join(stdout_lines)
+    stderr_tail = "".join(tail)
+    if check and returncode not in success:
+        raise RunError(argv, returncode, stderr_tail, stdout)
+    return subprocess.CompletedProcess(argv, returncode, stdout, stderr_tail)
+
+
+def which(program: str) -> str | None:
+    """The path of `program` on PATH, or None."""
+    import shutil
+
+    return shutil.which(program)

@@ -1,0 +1,69 @@
+"""The CLI as a user meets it: --help everywhere, one-line usage errors, --version."""
+
+import pytest
+
+import imagemode
+from tests.conftest import imagemode as cli
+
+VERBS = [["build", "base"], ["build"], ["container"], ["container", "lint"], ["lint"]]
+
+
+def test_version() -> None:
+    assert cli("--version").stdout.strip() == f"imagemode {imagemode.__version__}"
+
+
+def test_top_help_names_every_verb() -> None:
+    out = cli("--help").stdout
+    for verb in ("build base", "build", "container lint", "lint"):
+        assert verb in out
+
+
+@pytest.mark.parametrize("verb", VERBS, ids=" ".join)
+def test_help_for_every_verb(verb: list[str]) -> None:
+    p = cli(*verb, "--help")
+    assert p.returncode == 0
+    assert p.stdout.startswith("usage: imagemode " + " ".join(verb))
+    assert "--verbose" in p.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["build", "base", "--frob"], "unrecognized arguments: --frob"),
+        (["lint", "--bogus"], "unrecognized arguments: --bogus"),
+        (["build", "-f", "x"], "the following arguments are required: -t/--tag"),
+    ],
+)
+def test_usage_errors_are_one_line(args: list[str], fragment: str) -> None:
+    p = cli(*args, check=False)
+    assert p.returncode == 2
+    assert p.stdout == ""
+    assert len(p.stderr.splitlines()) == 1, p.stderr
+    assert fragment in p.stderr
+
+
+def test_no_verb_prints_help() -> None:
+    p = cli(check=False)
+    assert p.returncode == 2
+    assert "usage: imagemode" in p.stdout
+
+
+def test_bad_tag_is_one_line() -> None:
+    p = cli("build", "base", "-t", "Not A Name", "--plan", check=False)
+    assert p.returncode == 1
+    assert p.stderr.strip().startswith("imagemode: error: invalid image reference 'Not A Name'")
+    assert len(p.stderr.splitlines()) == 1
+
+
+def test_missing_containerfile(tmp_path: object) -> None:
+    p = cli("build", "-t", "localhost/x:1", "-f", "/nonexistent/Containerfile", "/tmp", check=False)
+    assert p.returncode == 1
+    assert p.stderr == "imagemode: error: Containerfile not found: /nonexistent/Containerfile\n"
+
+
+def test_lint_list() -> None:
+    out = cli("lint", "--list").stdout
+    for rule in ("kernel", "bootc-label", "run-tmp-empty", "var-content", "fstab-root", "kargs-toml",
+                 "utf8-names"):
+        assert rule in out
