@@ -44,8 +44,12 @@ def _base_options(args: argparse.Namespace) -> Any:
     from imagemode.build.spec import BaseSpec
     from imagemode.oci.reference import local_tag
 
-    spec = BaseSpec(release=args.release, mirror=args.mirror, security_mirror=args.security_mirror,
-                    extra_packages=tuple(args.package))
+    spec = BaseSpec(
+        release=args.release,
+        mirror=args.mirror,
+        security_mirror=args.security_mirror,
+        extra_packages=tuple(args.package),
+    )
     return BaseOptions(
         spec=spec,
         tag=local_tag(args.tag),
@@ -67,8 +71,10 @@ def cmd_build_base(args: argparse.Namespace) -> int:
         if args.json:
             _json_out(p)
             return 0
-        print(f"Resolved by apt for Debian {p['release']}/{p['architecture']}"
-              f" (SOURCE_DATE_EPOCH={p['source_date_epoch']}):")
+        print(
+            f"Resolved by apt for Debian {p['release']}/{p['architecture']}"
+            f" (SOURCE_DATE_EPOCH={p['source_date_epoch']}):"
+        )
         width = max(len(x["name"]) for x in p["packages"])
         for x in p["packages"]:
             print(f"  {x['name']:<{width}}  {x['version']:<36} {x['installed_size_kib']:>8} KiB")
@@ -87,9 +93,11 @@ def cmd_build_base(args: argparse.Namespace) -> int:
     if args.json:
         _json_out(asdict(result))
     else:
-        print(f"{result.tag}\n  digest   {result.digest}\n  size     {_human_size(result.size_bytes)}"
-              f"\n  packages {result.packages}\n  OS layer {'cached' if result.cached else 'built'}"
-              f" ({result.cache_key[:12]})\n  time     {result.seconds:.1f}s")
+        print(
+            f"{result.tag}\n  digest   {result.digest}\n  size     {_human_size(result.size_bytes)}"
+            f"\n  packages {result.packages}\n  OS layer {'cached' if result.cached else 'built'}"
+            f" ({result.cache_key[:12]})\n  time     {result.seconds:.1f}s"
+        )
     return 0
 
 
@@ -104,8 +112,10 @@ def _print_report(report: Any, as_json: bool) -> None:
         print(f"error: {e}")
     for w in report.warnings:
         print(f"warning: {w}")
-    print(f"{report.image}: {len(report.errors)} errors, {len(report.warnings)} warnings,"
-          f" {len(report.passed)} checks passed")
+    print(
+        f"{report.image}: {len(report.errors)} errors, {len(report.warnings)} warnings,"
+        f" {len(report.passed)} checks passed"
+    )
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -116,8 +126,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     if not args.file and not cf.exists() and (context / "Dockerfile").exists():
         cf = context / "Dockerfile"
     opts = containerfile.BuildOptions(
-        containerfile=cf, tag=containerfile.parse_tag(args.tag), context=context,
-        build_args=tuple(args.build_arg), do_lint=not args.no_lint, fatal_warnings=args.fatal_warnings,
+        containerfile=cf,
+        tag=containerfile.parse_tag(args.tag),
+        context=context,
+        build_args=tuple(args.build_arg),
+        do_lint=not args.no_lint,
+        fatal_warnings=args.fatal_warnings,
     )
     log = logging.getLogger("imagemode.build")
     report = containerfile.build(opts, on_line=None if args.verbose else log.info)
@@ -136,8 +150,9 @@ def cmd_lint(args: argparse.Namespace) -> int:
 
     if args.list:
         if args.json:
-            _json_out([{"name": r.name, "level": r.level.value, "description": r.description}
-                       for r in lint.RULES])
+            _json_out(
+                [{"name": r.name, "level": r.level.value, "description": r.description} for r in lint.RULES]
+            )
         else:
             for r in lint.RULES:
                 print(f"{r.name:<14} {r.level.value:<8} {r.description}")
@@ -171,52 +186,87 @@ def _lint_args(p: argparse.ArgumentParser) -> None:
 def build_base_parser() -> Parser:
     from imagemode.build import spec
 
-    p = Parser(prog="imagemode build base", description=(
-        "Build the bootable Debian base image from Debian packages, into local containers-storage. "
-        "apt resolves the package set; the OS layer is cached by the hash of its inputs; imagemode itself "
-        "is a thin top layer. Use the result in a Containerfile: FROM " + spec.DEFAULT_TAG))
+    p = Parser(
+        prog="imagemode build base",
+        description=(
+            "Build the bootable Debian base image from Debian packages, into local containers-storage. "
+            "apt resolves the package set; the OS layer is cached by the hash of its inputs; "
+            "imagemode itself is a thin top layer. Use the result in a Containerfile: FROM "
+            + spec.DEFAULT_TAG
+        ),
+    )
     _add_common(p)
     p.add_argument("-t", "--tag", default=spec.DEFAULT_TAG, help="image tag (default: %(default)s)")
     p.add_argument("--release", default=spec.DEFAULT_RELEASE, help="Debian release (default: %(default)s)")
     p.add_argument("--mirror", default=spec.DEFAULT_MIRROR, help="Debian mirror (default: %(default)s)")
-    p.add_argument("--security-mirror", default=spec.DEFAULT_SECURITY_MIRROR, metavar="URL",
-                   help="security mirror, '' for none (default: %(default)s)")
-    p.add_argument("--package", action="append", default=[], metavar="NAME",
-                   help="an extra package to install (repeatable)")
-    p.add_argument("--lock", metavar="FILE",
-                   help="build exactly the package versions of this lock list (see docs/base-image.md)")
-    p.add_argument("--source-date-epoch", type=int, metavar="N",
-                   help="timestamp clamp (default: the mirror's Release date, or the lock list's)")
-    p.add_argument("--plan", action="store_true",
-                   help="print the resolved package set and the build steps, then exit without building")
+    p.add_argument(
+        "--security-mirror",
+        default=spec.DEFAULT_SECURITY_MIRROR,
+        metavar="URL",
+        help="security mirror, '' for none (default: %(default)s)",
+    )
+    p.add_argument(
+        "--package",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="an extra package to install (repeatable)",
+    )
+    p.add_argument(
+        "--lock",
+        metavar="FILE",
+        help="build exactly the package versions of this lock list (see docs/base-image.md)",
+    )
+    p.add_argument(
+        "--source-date-epoch",
+        type=int,
+        metavar="N",
+        help="timestamp clamp (default: the mirror's Release date, or the lock list's)",
+    )
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the resolved package set and the build steps, then exit without building",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--output", metavar="oci:DIR", help="also write the image to an OCI layout or archive")
     p.add_argument("--no-cache", action="store_true", help="rebuild the OS layer even if it is cached")
     from imagemode.build.base import DEFAULT_CACHE
 
-    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), metavar="DIR",
-                   help="cache for package lists, .debs and OS layers (default: %(default)s)")
+    p.add_argument(
+        "--cache-dir",
+        default=str(DEFAULT_CACHE),
+        metavar="DIR",
+        help="cache for package lists, .debs and OS layers (default: %(default)s)",
+    )
     p.set_defaults(func=cmd_build_base)
     return p
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="imagemode", description=(
-        "Image mode for Linux: build the OS as a bootable container image, turn it into disks, "
-        "and update devices from a registry, whole and atomically."),
+    p = Parser(
+        prog="imagemode",
+        description=(
+            "Image mode for Linux: build the OS as a bootable container image, turn it into disks, "
+            "and update devices from a registry, whole and atomically."
+        ),
         epilog="verbs:\n  build base      build the bootable Debian base image\n"
-               "  build           build a Containerfile and lint the result\n"
-               "  container lint  check that an image is bootable (alias: lint)\n\n"
-               "Run 'imagemode VERB --help' for a verb's options.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "  build           build a Containerfile and lint the result\n"
+        "  container lint  check that an image is bootable (alias: lint)\n\n"
+        "Run 'imagemode VERB --help' for a verb's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=f"imagemode {imagemode.__version__}")
     _add_common(p)
     sub = p.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
 
-    b = sub.add_parser("build", help="build a Containerfile (or 'build base', the base image)",
-                       description="Build a Containerfile with podman, with the options this machine needs, "
-                                   "then lint the result. The tag is applied only if the build and the lint "
-                                   "pass. For the base image see 'imagemode build base --help'.")
+    b = sub.add_parser(
+        "build",
+        help="build a Containerfile (or 'build base', the base image)",
+        description="Build a Containerfile with podman, with the options this machine needs, "
+        "then lint the result. The tag is applied only if the build and the lint "
+        "pass. For the base image see 'imagemode build base --help'.",
+    )
     _add_common(b)
     b.add_argument("context", nargs="?", default=".", metavar="CONTEXT", help="build context (default: .)")
     b.add_argument("-f", "--file", metavar="CONTAINERFILE", help="default: CONTEXT/Containerfile")
@@ -226,19 +276,26 @@ def build_parser() -> Parser:
     b.add_argument("--fatal-warnings", action="store_true", help="lint warnings fail the build too")
     b.set_defaults(func=cmd_build)
 
-    c = sub.add_parser("container", help="operations on container images (lint)",
-                       description="Operations on bootable container images.")
+    c = sub.add_parser(
+        "container",
+        help="operations on container images (lint)",
+        description="Operations on bootable container images.",
+    )
     _add_common(c)
     csub = c.add_subparsers(dest="container_verb", metavar="VERB", parser_class=Parser, required=True)
-    cl = csub.add_parser("lint", help="check that an image is bootable",
-                         description="Check a bootable container image. Errors make it unusable, warnings "
-                                     "flag surprises on a device. Exit 1 on an error (or a warning with "
-                                     "--fatal-warnings).")
+    cl = csub.add_parser(
+        "lint",
+        help="check that an image is bootable",
+        description="Check a bootable container image. Errors make it unusable, warnings "
+        "flag surprises on a device. Exit 1 on an error (or a warning with "
+        "--fatal-warnings).",
+    )
     _add_common(cl)
     _lint_args(cl)
 
-    al = sub.add_parser("lint", help="alias of 'container lint'",
-                        description="Alias of 'imagemode container lint'.")
+    al = sub.add_parser(
+        "lint", help="alias of 'container lint'", description="Alias of 'imagemode container lint'."
+    )
     _add_common(al)
     _lint_args(al)
     return p
@@ -261,8 +318,11 @@ def _dispatch(argv: Sequence[str]) -> tuple[argparse.Namespace, Callable[[argpar
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, func = _dispatch(argv)
-    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
-                        format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
     try:
         return func(args)
     except ImagemodeError as e:
@@ -270,8 +330,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_code
     except OSError as e:
         if e.errno == errno.ENOSPC:
-            print(f"imagemode: error: no space left on device writing {e.filename or 'a file'};"
-                  " nothing was tagged", file=sys.stderr)
+            print(
+                f"imagemode: error: no space left on device writing {e.filename or 'a file'};"
+                " nothing was tagged",
+                file=sys.stderr,
+            )
         else:
             print(f"imagemode: error: {e}", file=sys.stderr)
         return 1

@@ -84,8 +84,12 @@ def _last_meaningful_line(text: str) -> str:
     return ""
 
 
-def _pump(stream: IO[str], sink: list[str] | None, tail: collections.deque[str] | None,
-          on_line: Callable[[str], None] | None) -> None:
+def _pump(
+    stream: IO[str],
+    sink: list[str] | None,
+    tail: collections.deque[str] | None,
+    on_line: Callable[[str], None] | None,
+) -> None:
     for line in stream:
         if sink is not None:
             sink.append(line)

@@ -64,6 +64,13 @@ def test_missing_containerfile(tmp_path: object) -> None:
 
 def test_lint_list() -> None:
     out = cli("lint", "--list").stdout
-    for rule in ("kernel", "bootc-label", "run-tmp-empty", "var-content", "fstab-root", "kargs-toml",
-                 "utf8-names"):
+    for rule in (
+        "kernel",
+        "bootc-label",
+        "run-tmp-empty",
+        "var-content",
+        "fstab-root",
+        "kargs-toml",
+        "utf8-names",
+    ):
         assert rule in out

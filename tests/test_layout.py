@@ -45,8 +45,16 @@ def test_layer_content(tmp_path: Path) -> None:
         members = {m.name: m for m in tar.getmembers()}
     names = list(members)
     assert names[0] == "opt"
-    assert names == ["opt", "etc", "etc/config", "usr", "usr/bin", "usr/bin/tool", "usr/bin/tool-link",
-                     "usr/lib"]
+    assert names == [
+        "opt",
+        "etc",
+        "etc/config",
+        "usr",
+        "usr/bin",
+        "usr/bin/tool",
+        "usr/bin/tool-link",
+        "usr/lib",
+    ]
     assert members["usr/bin/tool"].mode == 0o4755
     assert members["usr/bin/tool-link"].islnk() and members["usr/bin/tool-link"].linkname == "usr/bin/tool"
     assert members["usr/lib"].issym() and members["usr/lib"].linkname == "lib64"

@@ -87,8 +87,10 @@ def test_var_content_needs_tmpfiles(tmp_path: Path) -> None:
     (root / "var/log/app").mkdir(parents=True)
     (root / "var/log/app/old.log").write_text("ignored: logs")
     msgs = findings(root)["var-content"]
-    assert msgs == ["1 files in /var have no tmpfiles.d entry and will not reach an updated device"
-                    " (/var/lib/app/state.db)"]
+    assert msgs == [
+        "1 files in /var have no tmpfiles.d entry and will not reach an updated device"
+        " (/var/lib/app/state.db)"
+    ]
     # A C line that copies the directory from /usr covers everything below it.
     (root / "usr/lib/tmpfiles.d").mkdir(parents=True)
     (root / "usr/lib/tmpfiles.d/app.conf").write_text("C /var/lib/app - - - - /usr/share/factory/app\n")

@@ -32,8 +32,14 @@ class AptState:
 
     def _write_config(self) -> None:
         r = self.root
-        for d in ("etc/apt/apt.conf.d", "etc/apt/preferences.d", "etc/apt/sources.list.d",
-                  "var/lib/apt/lists/partial", "var/cache/apt/archives/partial", "var/lib/dpkg"):
+        for d in (
+            "etc/apt/apt.conf.d",
+            "etc/apt/preferences.d",
+            "etc/apt/sources.list.d",
+            "var/lib/apt/lists/partial",
+            "var/cache/apt/archives/partial",
+            "var/lib/dpkg",
+        ):
             (r / d).mkdir(parents=True, exist_ok=True)
         status = r / "var/lib/dpkg/status"
         if not status.exists():
@@ -60,9 +66,13 @@ class AptState:
         try:
             out = run(["apt-get", "update", "-q"], env={"APT_CONFIG": str(self.conf), "LC_ALL": "C.UTF-8"})
         except RunError as e:
+            if "No space left on device" in e.stderr_tail:
+                raise ResolveError(f"no space left on device in {self.root} (the --cache-dir)") from e
             raise ResolveError(f"cannot read the package mirror {self.spec.mirror}: {e}") from e
         # apt-get update exits 0 when a mirror is unreachable, with "W: Failed to fetch" on stderr.
         bad = [ln for ln in out.stderr.splitlines() if ln.startswith(("W: Failed to fetch", "E: "))]
+        if any("No space left on device" in ln for ln in bad):
+            raise ResolveError(f"no space left on device in {self.root} (the --cache-dir)")
         lists = list((self.root / "var/lib/apt/lists").glob("*_Packages*"))
         if bad or not lists:
             why = bad[0] if bad else "no package lists were downloaded"
@@ -74,7 +84,9 @@ class AptState:
         for f in (self.root / "var/lib/apt/lists").glob("*Release"):
             for line in f.read_text(errors="replace").splitlines():
                 if line.startswith("Date:"):
-                    newest = max(newest, int(email.utils.parsedate_to_datetime(line[5:].strip()).timestamp()))
+                    newest = max(
+                        newest, int(email.utils.parsedate_to_datetime(line[5:].strip()).timestamp())
+                    )
                     break
         if not newest:
             raise ResolveError("the mirror's Release files carry no Date")
@@ -98,7 +110,9 @@ class AptState:
         except RunError as e:
             missing = re.search(r"Unable to locate package (\S+)", e.stderr_tail)
             if missing:
-                raise ResolveError(f"package {missing.group(1)!r} does not exist in {self.spec.release}") from e
+                raise ResolveError(
+                    f"package {missing.group(1)!r} does not exist in {self.spec.release}"
+                ) from e
             version = re.search(r"Version '([^']+)' for '([^']+)' was not found", e.stderr_tail)
             if version:
                 raise ResolveError(
@@ -127,8 +141,9 @@ class AptState:
         return sizes
 
 
-def resolve(spec: BaseSpec, state_dir: Path, *, locked: Lock | None = None,
-            source_date_epoch: int | None = None) -> Lock:
+def resolve(
+    spec: BaseSpec, state_dir: Path, *, locked: Lock | None = None, source_date_epoch: int | None = None
+) -> Lock:
     """Resolve the spec (or re-check a lock) into a Lock, with apt's solver."""
     apt = AptState(spec, state_dir)
     apt.update()
@@ -155,5 +170,6 @@ def resolve(spec: BaseSpec, state_dir: Path, *, locked: Lock | None = None,
         if want != got:
             diff = sorted(set(want.items()) ^ set(got.items()))
             raise ResolveError(f"the lock list does not resolve to itself; first difference: {diff[0]}")
-    return Lock(release=spec.release, architecture=spec.architecture, source_date_epoch=epoch,
-                packages=packages)
+    return Lock(
+        release=spec.release, architecture=spec.architecture, source_date_epoch=epoch, packages=packages
+    )

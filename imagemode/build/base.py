@@ -16,7 +16,6 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +59,16 @@ class BaseResult:
 
 
 PLAN_STEPS = (
-    Step("resolve", "resolve the package set with apt's solver (apt-get install --simulate)", lambda c: None),
+    Step(
+        "resolve", "resolve the package set with apt's solver (apt-get install --simulate)", lambda c: None
+    ),
     *TREE_STEPS,
     Step("lint", "lint the tree (imagemode container lint rules)", lambda c: None),
-    Step("os-layer", "write the OS tree as a reproducible layer; cache it by the hash of its inputs",
-         lambda c: None),
+    Step(
+        "os-layer",
+        "write the OS tree as a reproducible layer; cache it by the hash of its inputs",
+        lambda c: None,
+    ),
     Step("imagemode-layer", "install imagemode from this source tree as a thin top layer", lambda c: None),
     Step("image", "write config and manifest; copy into containers-storage", lambda c: None),
 )
@@ -121,8 +125,11 @@ def _labels(spec: BaseSpec, lock: Lock, key: str, tree_version: str) -> dict[str
 
 
 def _gc_layers(layers_dir: Path, keep: str) -> None:
-    entries = sorted((p for p in layers_dir.iterdir() if p.is_dir() and p.name != keep),
-                     key=lambda p: p.stat().st_mtime, reverse=True)
+    entries = sorted(
+        (p for p in layers_dir.iterdir() if p.is_dir() and p.name != keep),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
     for old in entries[CACHE_KEEP - 1 :]:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -142,8 +149,9 @@ def build_os_layer(opts: BaseOptions, lock: Lock, key: str, progress: Progress) 
     layers = opts.cache_dir / "layers"
     with _workdir(opts.cache_dir / "work", "base-") as work:
         tree = work / "rootfs"
-        ctx = BuildContext(spec=opts.spec, lock=lock, tree=tree, deb_cache=opts.cache_dir / "debs",
-                           log=progress.line)
+        ctx = BuildContext(
+            spec=opts.spec, lock=lock, tree=tree, deb_cache=opts.cache_dir / "debs", log=progress.line
+        )
         for step in TREE_STEPS:
             with progress.step(step.name, step.summary):
                 step.func(ctx)
@@ -156,8 +164,12 @@ def build_os_layer(opts: BaseOptions, lock: Lock, key: str, progress: Progress) 
             staged = work / "layer"
             staged.mkdir()
             blob = write_layer(tree, staged / "layer.tar", lock.source_date_epoch)
-            record = {"digest": blob.digest, "size": blob.size, "debian_version": tree_version,
-                      "packages": len(lock.packages)}
+            record = {
+                "digest": blob.digest,
+                "size": blob.size,
+                "debian_version": tree_version,
+                "packages": len(lock.packages),
+            }
             (staged / "layer.json").write_text(json.dumps(record))
             (staged / "lock.json").write_text(lock.to_json())
             final = layers / key
@@ -191,8 +203,10 @@ def write_imagemode_layer(dest: Path, epoch: int) -> Blob:
         entry.chmod(0o755)
         for p in root.rglob("*"):
             os.utime(p, (epoch, epoch), follow_symlinks=False)
-        return write_layer(root, dest, epoch, prefix=("usr", "usr/bin", "usr/lib", "usr/lib/python3",
-                                                      PYTHON_DIR))
+        for d in [root, *root.rglob("*")]:
+            if d.is_dir():
+                d.chmod(0o755)
+        return write_layer(root, dest, epoch)
 
 
 def build(opts: BaseOptions, progress: Progress) -> BaseResult:
@@ -210,7 +224,9 @@ def build(opts: BaseOptions, progress: Progress) -> BaseResult:
         record = build_os_layer(opts, lock, key, progress)
     os_blob = Blob(record["digest"], record["size"], "application/vnd.oci.image.layer.v1.tar")
     with _workdir(opts.cache_dir / "work", "image-") as work:
-        with progress.step("imagemode-layer", f"imagemode {imagemode.__version__} from {imagemode_source()}"):
+        with progress.step(
+            "imagemode-layer", f"imagemode {imagemode.__version__} from {imagemode_source()}"
+        ):
             top = write_imagemode_layer(work / "imagemode.tar", lock.source_date_epoch)
         with progress.step("image", f"config and manifest, then containers-storage:{opts.tag}"):
             layout = Layout(work / "oci")
@@ -229,9 +245,11 @@ def build(opts: BaseOptions, progress: Progress) -> BaseResult:
                     "StopSignal": "SIGRTMIN+3",
                 },
                 "history": [
-                    {"created": iso_time(epoch),
-                     "created_by": f"imagemode build base: Debian {opts.spec.release}, "
-                                   f"{record['packages']} packages (cache key {key[:12]})"},
+                    {
+                        "created": iso_time(epoch),
+                        "created_by": f"imagemode build base: Debian {opts.spec.release}, "
+                        f"{record['packages']} packages (cache key {key[:12]})",
+                    },
                     {"created": iso_time(epoch), "created_by": f"imagemode {imagemode.__version__}"},
                 ],
             }

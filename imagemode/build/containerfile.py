@@ -66,8 +66,22 @@ def build(opts: BuildOptions, on_line: Callable[[str], None] | None = None) -> l
     temp = local_tag(f"localhost/imagemode-build-tmp:{secrets.token_hex(6)}")
     args: Sequence[str] = [f"--build-arg={a}" for a in opts.build_args]
     try:
-        run(["podman", "build", f"--isolation={isolation()}", "--force-rm", "--layers",
-             "-f", opts.containerfile, "-t", str(temp), *args, opts.context], on_line=on_line)
+        run(
+            [
+                "podman",
+                "build",
+                f"--isolation={isolation()}",
+                "--force-rm",
+                "--layers",
+                "-f",
+                opts.containerfile,
+                "-t",
+                str(temp),
+                *args,
+                opts.context,
+            ],
+            on_line=on_line,
+        )
         report = lint_image(temp) if opts.do_lint else None
         if report is not None and (report.errors or (opts.fatal_warnings and report.warnings)):
             raise LintFailedError(report)

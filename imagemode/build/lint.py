@@ -54,8 +54,12 @@ class Report:
         def f(x: Finding) -> dict[str, str]:
             return {"rule": x.rule, "message": x.message}
 
-        return {"image": self.image, "errors": [f(e) for e in self.errors],
-                "warnings": [f(w) for w in self.warnings], "passed": self.passed}
+        return {
+            "image": self.image,
+            "errors": [f(e) for e in self.errors],
+            "warnings": [f(w) for w in self.warnings],
+            "passed": self.passed,
+        }
 
 
 def _listed(paths: list[str]) -> str:
@@ -126,13 +130,29 @@ def tmpfiles_paths(root: Path) -> dict[str, str]:
 
 # Build-time state of package managers, content whose loss on a device is harmless by definition, and
 # the links into /run that systemd's own tmpfiles.d makes (the var-run rule checks /var/run).
-VAR_IGNORED = ("/var/run", "/var/lock", "/var/cache", "/var/log", "/var/tmp", "/var/lib/apt", "/var/lib/dpkg", "/var/lib/ucf",
-               "/var/lib/systemd/deb-systemd-helper-enabled", "/var/lib/systemd/deb-systemd-user-helper-enabled",
-               "/var/lib/systemd/catalog", "/var/lib/dnf", "/var/lib/rpm")
+VAR_IGNORED = (
+    "/var/run",
+    "/var/lock",
+    "/var/cache",
+    "/var/log",
+    "/var/tmp",
+    "/var/lib/apt",
+    "/var/lib/dpkg",
+    "/var/lib/ucf",
+    "/var/lib/systemd/deb-systemd-helper-enabled",
+    "/var/lib/systemd/deb-systemd-user-helper-enabled",
+    "/var/lib/systemd/catalog",
+    "/var/lib/dnf",
+    "/var/lib/rpm",
+    # state of Debian's maintainer-script helpers (add-shell, pam-auth-update, python3)
+    "/var/lib/shells.state",
+    "/var/lib/pam",
+    "/var/lib/python",
+)
 
 
 def check_var_content(root: Path, labels: Labels) -> list[str]:
-    """Content in /var reaches a device once, at install; only tmpfiles.d lines are replayed on every boot."""
+    """/var reaches a device once, at install; only tmpfiles.d lines are replayed on every boot."""
     var = root / "var"
     if not var.is_dir():
         return []
@@ -155,8 +175,10 @@ def check_var_content(root: Path, labels: Labels) -> list[str]:
                 uncovered.append(path)
         dirnames.sort()
     if uncovered:
-        return [f"{len(uncovered)} files in /var have no tmpfiles.d entry and will not reach an updated device"
-                f" ({_listed(uncovered)})"]
+        return [
+            f"{len(uncovered)} files in /var have no tmpfiles.d entry and will not reach an updated device"
+            f" ({_listed(uncovered)})"
+        ]
     return []
 
 
@@ -215,7 +237,7 @@ def check_utf8_names(root: Path, labels: Labels) -> list[str]:
         try:
             p.decode("utf-8")
         except UnicodeDecodeError:
-            bad.append(repr(p[len(broot):])[2:-1])
+            bad.append(repr(p[len(broot) :])[2:-1])
     if bad:
         return [f"{len(bad)} file names are not valid UTF-8 ({_listed(bad)})"]
     return []
@@ -229,9 +251,9 @@ def check_usr_etc(root: Path, labels: Labels) -> list[str]:
 
 def check_var_run(root: Path, labels: Labels) -> list[str]:
     p = root / "var/run"
-    if p.exists() or p.is_symlink():
-        if not p.is_symlink() or os.readlink(p).rstrip("/") not in ("/run", "../run"):
-            return ["/var/run is not a link to /run"]
+    present = p.exists() or p.is_symlink()
+    if present and (not p.is_symlink() or os.readlink(p).rstrip("/") not in ("/run", "../run")):
+        return ["/var/run is not a link to /run"]
     return []
 
 
@@ -245,15 +267,24 @@ def check_boot_empty(root: Path, labels: Labels) -> list[str]:
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("kernel", Level.ERROR, "exactly one kernel, with vmlinuz and initramfs.img in /usr/lib/modules/$kver",
-         check_kernel),
+    Rule(
+        "kernel",
+        Level.ERROR,
+        "exactly one kernel, with vmlinuz and initramfs.img in /usr/lib/modules/$kver",
+        check_kernel,
+    ),
     Rule("bootc-label", Level.ERROR, "the label containers.bootc=1 is set", check_bootc_label),
     Rule("run-tmp-empty", Level.ERROR, "/run and /tmp are empty", check_run_tmp_empty),
     Rule("kargs-toml", Level.ERROR, "every /usr/lib/bootc/kargs.d/*.toml is valid", check_kargs_toml),
     Rule("utf8-names", Level.ERROR, "every file name is valid UTF-8", check_utf8_names),
     Rule("usr-etc", Level.ERROR, "no /usr/etc in the image (config lives in /etc)", check_usr_etc),
     Rule("var-run", Level.ERROR, "/var/run is a link to /run", check_var_run),
-    Rule("var-content", Level.WARNING, "/var holds nothing that tmpfiles.d does not recreate", check_var_content),
+    Rule(
+        "var-content",
+        Level.WARNING,
+        "/var holds nothing that tmpfiles.d does not recreate",
+        check_var_content,
+    ),
     Rule("fstab-root", Level.WARNING, "/etc/fstab has no entry for /", check_fstab_root),
     Rule("boot-empty", Level.WARNING, "/boot is empty", check_boot_empty),
 )

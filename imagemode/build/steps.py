@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from imagemode.build.spec import DPKG_EXCLUDES, DPKG_INCLUDES, INITRAMFS_DRIVERS, INITRAMFS_OMIT, BaseSpec, Lock
+from imagemode.build.spec import (
+    DPKG_EXCLUDES,
+    DPKG_INCLUDES,
+    INITRAMFS_DRIVERS,
+    INITRAMFS_OMIT,
+    BaseSpec,
+    Lock,
+)
 from imagemode.errors import ImagemodeError
 from imagemode.run import run
 
@@ -70,8 +77,11 @@ def _chroot(ctx: BuildContext, *cmd: str) -> None:
 def bootstrap(ctx: BuildContext) -> None:
     """mmdebstrap the locked package set. The kernel's postinst builds our initramfs (dracut conf first)."""
     conf = ctx.tree.parent / "dracut-imagemode.conf"
-    conf.write_text(_data("dracut-imagemode.conf").replace("@DRIVERS@", INITRAMFS_DRIVERS)
-                    .replace("@OMIT@", INITRAMFS_OMIT))
+    conf.write_text(
+        _data("dracut-imagemode.conf")
+        .replace("@DRIVERS@", INITRAMFS_DRIVERS)
+        .replace("@OMIT@", INITRAMFS_OMIT)
+    )
     ctx.deb_cache.mkdir(parents=True, exist_ok=True)
     cmd: list[str | os.PathLike[str]] = [
         "mmdebstrap", "--mode=root", "--variant=minbase", f"--architectures={ctx.spec.architecture}",
@@ -145,7 +155,9 @@ def configure(ctx: BuildContext) -> None:
     for f in ("etc/hostname", "etc/resolv.conf"):
         (t / f).unlink(missing_ok=True)
     (t / "etc/machine-id").write_text("")
-    (t / "etc/fstab").write_text("# The root is mounted by the initramfs (ostree= and root= kernel arguments).\n")
+    (t / "etc/fstab").write_text(
+        "# The root is mounted by the initramfs (ostree= and root= kernel arguments).\n"
+    )
 
 
 def prune(ctx: BuildContext) -> None:
@@ -160,9 +172,18 @@ def prune(ctx: BuildContext) -> None:
             _remove(p)
     (t / "var/lib/apt/lists/partial").mkdir(parents=True, exist_ok=True)
     (t / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
-    for p in ("var/lib/dpkg/status-old", "var/lib/dpkg/diversions-old", "var/lib/dpkg/stat-override-old",
-              "etc/shadow-", "etc/gshadow-", "etc/passwd-", "etc/group-", "etc/subuid-", "etc/subgid-"):
-        (t / p).unlink(missing_ok=True)
+    for rel in (
+        "var/lib/dpkg/status-old",
+        "var/lib/dpkg/diversions-old",
+        "var/lib/dpkg/stat-override-old",
+        "etc/shadow-",
+        "etc/gshadow-",
+        "etc/passwd-",
+        "etc/group-",
+        "etc/subuid-",
+        "etc/subgid-",
+    ):
+        (t / rel).unlink(missing_ok=True)
 
 
 def layout(ctx: BuildContext) -> None:
@@ -221,10 +242,14 @@ def _rm_error(func: Callable[..., object], path: str, exc: object) -> None:
 
 
 TREE_STEPS = (
-    Step("bootstrap", "install the locked package set with mmdebstrap (initramfs built by dracut)", bootstrap),
+    Step(
+        "bootstrap", "install the locked package set with mmdebstrap (initramfs built by dracut)", bootstrap
+    ),
     Step("verify", "check every installed version against the lock list", verify),
     Step("kernel", "move vmlinuz and initramfs.img to /usr/lib/modules/$kver, empty /boot", kernel),
-    Step("configure", "DHCP networking, per-device SSH host keys, no apt timers, no host identity", configure),
+    Step(
+        "configure", "DHCP networking, per-device SSH host keys, no apt timers, no host identity", configure
+    ),
     Step("prune", "drop unused driver trees, caches, logs and apt lists; depmod", prune),
     Step("layout", "bootc layout: dpkg DB under /usr, state links into /var, empty API dirs", layout),
     Step("lock", f"write the lock list to /{LOCK_PATH}", write_lock),

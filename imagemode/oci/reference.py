@@ -125,10 +125,10 @@ def parse(text: str, transport: str | Transport | None = None) -> ImageRef:
             choices = ", ".join(t.value for t in Transport)
             raise ReferenceError(f"unknown transport {transport!r}; use one of: {choices}") from None
     if transport in (Transport.OCI, Transport.OCI_ARCHIVE):
-        path, _, tag = text.partition(":")
+        path, _, path_tag = text.partition(":")
         if not path:
             raise ReferenceError(f"invalid image reference {original!r}: no path after {transport.value}:")
-        return ImageRef(transport, tag=tag or None, path=path)
+        return ImageRef(transport, tag=path_tag or None, path=path)
     if transport is Transport.CONTAINERS_STORAGE and text.startswith("["):
         raise ReferenceError(f"invalid image reference {original!r}: storage specifiers are not supported")
     name, tag, digest = _split_name(text, original)

@@ -17,8 +17,14 @@ class ImageNotFoundError(ImagemodeError):
     pass
 
 
-def copy(src: ImageRef | str, dest: ImageRef | str, *, preserve_digests: bool = False,
-         src_tls_verify: bool = True, dest_tls_verify: bool = True) -> None:
+def copy(
+    src: ImageRef | str,
+    dest: ImageRef | str,
+    *,
+    preserve_digests: bool = False,
+    src_tls_verify: bool = True,
+    dest_tls_verify: bool = True,
+) -> None:
     s = src.skopeo if isinstance(src, ImageRef) else src
     d = dest.skopeo if isinstance(dest, ImageRef) else dest
     cmd = ["skopeo", "copy", "--quiet"]
