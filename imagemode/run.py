@@ -13,6 +13,7 @@ import os
 import shlex
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
@@ -111,12 +112,15 @@ def run(
     success: Sequence[int] = (0,),
     on_line: Callable[[str], None] | None = None,
     timeout: float | None = None,
+    watchdog: Callable[[], str | None] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run `cmd` and return its completed process.
 
     capture: keep stdout in the result; otherwise stdout goes to `on_line` (or to the log).
     on_line: receives every line of stderr (and of stdout when not captured) as it arrives, for progress.
     env: variables added to the current environment.
+    watchdog: polled every second; a message it returns stops the program and becomes the error. Some
+      tools hang rather than fail when their disk fills (apt-get does), so long steps watch the disk.
     """
     argv = [os.fspath(c) for c in cmd]
     log.debug("run: %s", shlex.join(argv))
@@ -157,14 +161,22 @@ def run(
             proc.stdin.close()
         except BrokenPipeError:
             pass
+    deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        returncode = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        for t in threads:
-            t.join()
-        raise RunError(argv, -9, "".join(tail) + f"\ntimed out after {timeout:.0f}s") from None
+        while True:
+            try:
+                returncode = proc.wait(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                reason = watchdog() if watchdog is not None else None
+                if reason is None and deadline is not None and time.monotonic() > deadline:
+                    reason = f"timed out after {timeout:.0f}s"
+                if reason is not None:
+                    proc.kill()
+                    proc.wait()
+                    for t in threads:
+                        t.join()
+                    raise RunError(argv, -9, "".join(tail) + f"\n{reason}") from None
     except BaseException:
         # Ctrl-C or similar: never leave the child behind.
         proc.kill()
@@ -177,6 +189,21 @@ def run(
     if check and returncode not in success:
         raise RunError(argv, returncode, stderr_tail, stdout)
     return subprocess.CompletedProcess(argv, returncode, stdout, stderr_tail)
+
+
+def disk_watchdog(path: PathString, min_free: int = 1 << 20) -> Callable[[], str | None]:
+    """A watchdog that stops a program once the filesystem holding `path` is full."""
+
+    def check() -> str | None:
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            return None
+        if st.f_bavail * st.f_frsize < min_free:
+            return f"No space left on device: {os.fspath(path)} is full"
+        return None
+
+    return check
 
 
 def which(program: str) -> str | None:

@@ -62,3 +62,25 @@ def test_layer_content(tmp_path: Path) -> None:
     assert members["etc/config"].uname == ""
     xattr = members["etc/config"].pax_headers["SCHILY.xattr.user.imagemode"]
     assert xattr.encode("utf-8", "surrogateescape") == b"\xff\x00bin"
+
+
+def test_imagemode_layer_is_reproducible_across_processes(tmp_path: Path) -> None:
+    """Each process has its own string hash seed; the layer (with its .pyc files) must not depend on it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path; from imagemode.build.base import write_imagemode_layer;"
+        "print(write_imagemode_layer(Path(sys.argv[1]), 1700000000).digest)"
+    )
+    digests = set()
+    for seed in ("1", "2", "random"):
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / f"{seed}.tar")],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"},
+        )
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1, digests

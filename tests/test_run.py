@@ -52,3 +52,16 @@ def test_timeout_kills() -> None:
 
 def test_env_is_added() -> None:
     assert run(["sh", "-c", "echo $IMAGEMODE_T"], env={"IMAGEMODE_T": "x"}).stdout == "x\n"
+
+
+def test_watchdog_stops_a_hung_program() -> None:
+    calls = []
+
+    def watch() -> str | None:
+        calls.append(1)
+        return "No space left on device: /x is full" if len(calls) >= 2 else None
+
+    with pytest.raises(
+        RunError, match=r"^sleep failed with exit status -9: No space left on device: /x is full$"
+    ):
+        run(["sleep", "30"], watchdog=watch)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from imagemode.build.spec import BaseSpec, Lock, LockedPackage
 from imagemode.errors import ImagemodeError
-from imagemode.run import RunError, run
+from imagemode.run import RunError, disk_watchdog, run
 
 
 class ResolveError(ImagemodeError):
@@ -64,7 +64,12 @@ class AptState:
     def update(self) -> None:
         self._write_config()
         try:
-            out = run(["apt-get", "update", "-q"], env={"APT_CONFIG": str(self.conf), "LC_ALL": "C.UTF-8"})
+            out = run(
+                ["apt-get", "update", "-q"],
+                env={"APT_CONFIG": str(self.conf), "LC_ALL": "C.UTF-8"},
+                watchdog=disk_watchdog(self.root),
+                timeout=900,
+            )
         except RunError as e:
             if "No space left on device" in e.stderr_tail:
                 raise ResolveError(f"no space left on device in {self.root} (the --cache-dir)") from e

@@ -7,12 +7,12 @@ reproducibly (imagemode.oci.layout), so the same lock list gives the same digest
 
 from __future__ import annotations
 
-import compileall
 import contextlib
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -27,6 +27,7 @@ from imagemode.errors import ImagemodeError
 from imagemode.oci import storage
 from imagemode.oci.layout import Blob, Layout, iso_time, write_layer
 from imagemode.oci.reference import ImageRef, Transport, parse
+from imagemode.run import run
 from imagemode.ui import Progress
 
 DEFAULT_CACHE = Path(os.environ.get("IMAGEMODE_CACHE", "/var/cache/imagemode"))
@@ -192,10 +193,12 @@ def write_imagemode_layer(dest: Path, epoch: int) -> Blob:
         root = Path(tmp)
         pkg = root / PYTHON_DIR / "imagemode"
         shutil.copytree(imagemode_source(), pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        # /usr is read-only on the device, so compile here; unchecked hashes keep the bytes reproducible.
-        import py_compile
-
-        compileall.compile_dir(pkg, quiet=1, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+        # /usr is read-only on the device, so compile here. For reproducible bytes: unchecked hashes keep
+        # mtimes out, -d records the device's path rather than this temporary one, and a fixed hash seed
+        # fixes the order in which frozensets of strings are marshalled.
+        compile_cmd = [sys.executable, "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash",
+                       "-d", f"/{PYTHON_DIR}/imagemode", pkg]  # fmt: skip
+        run(compile_cmd, env={"PYTHONHASHSEED": "0"})
         bindir = root / "usr/bin"
         bindir.mkdir(parents=True)
         entry = bindir / "imagemode"

@@ -83,6 +83,8 @@ def build(opts: BuildOptions, on_line: Callable[[str], None] | None = None) -> l
             on_line=on_line,
         )
         report = lint_image(temp) if opts.do_lint else None
+        if report is not None:
+            report.image = str(opts.tag)
         if report is not None and (report.errors or (opts.fatal_warnings and report.warnings)):
             raise LintFailedError(report)
         storage.tag(str(temp), opts.tag)

@@ -23,7 +23,7 @@ from imagemode.build.spec import (
     Lock,
 )
 from imagemode.errors import ImagemodeError
-from imagemode.run import run
+from imagemode.run import disk_watchdog, run
 
 LOCK_PATH = "usr/lib/imagemode/packages.lock.json"
 DPKG_DB = "usr/lib/sysimage/dpkg"
@@ -97,7 +97,7 @@ def bootstrap(ctx: BuildContext) -> None:
         f"--customize-hook=sync-out /var/cache/apt/archives {ctx.deb_cache}",
         ctx.spec.release, ctx.tree, *ctx.spec.sources,
     ]  # fmt: skip
-    run(cmd, env=ctx.epoch_env, on_line=ctx.log)
+    run(cmd, env=ctx.epoch_env, on_line=ctx.log, watchdog=disk_watchdog(ctx.tree.parent))
 
 
 def verify(ctx: BuildContext) -> None:

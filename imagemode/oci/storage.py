@@ -56,7 +56,8 @@ def tag(source: str, ref: ImageRef) -> None:
 
 
 def untag(ref: ImageRef | str) -> None:
-    run(["podman", "untag", str(ref)], check=False)
+    """Remove this one name. (`podman untag IMAGE` alone would remove every name of the image.)"""
+    run(["podman", "untag", str(ref), str(ref)], check=False)
 
 
 def remove(ref: ImageRef | str) -> None:
