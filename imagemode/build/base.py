@@ -197,7 +197,7 @@ def write_imagemode_layer(dest: Path, epoch: int) -> Blob:
         # mtimes out, -d records the device's path rather than this temporary one, and a fixed hash seed
         # fixes the order in which frozensets of strings are marshalled.
         compile_cmd = [sys.executable, "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash",
-                       "-d", f"/{PYTHON_DIR}/imagemode", pkg]  # fmt: skip
+                       "-d", f"/{PYTHON_DIR}/imagemode", os.fspath(pkg)]  # fmt: skip
         run(compile_cmd, env={"PYTHONHASHSEED": "0"})
         bindir = root / "usr/bin"
         bindir.mkdir(parents=True)
