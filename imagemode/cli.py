@@ -168,6 +168,98 @@ def cmd_lint(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# ---- disk -------------------------------------------------------------------------------------------
+
+
+def cmd_disk(args: argparse.Namespace) -> int:
+    from imagemode.build.base import DEFAULT_CACHE
+    from imagemode.disk import build as disk
+    from imagemode.oci.reference import parse_local
+    from imagemode.ui import Progress
+
+    try:
+        types = tuple(dict.fromkeys(disk.DiskType(t) for t in args.type))
+    except ValueError as e:
+        raise ImagemodeError(f"--type: {e}") from None
+    opts = disk.DiskOptions(
+        image=parse_local(args.image),
+        types=types or (disk.DiskType.QCOW2,),
+        output=Path(args.output),
+        cache_dir=Path(args.cache_dir or DEFAULT_CACHE),
+        config=Path(args.config) if args.config else None,
+    )
+    progress = Progress(len(disk.PLAN), quiet=args.json)
+    result = disk.build(opts, progress)
+    total = progress.done(f"disk from {result.image}")
+    if args.json:
+        _json_out({**result.__dict__, "seconds": round(total, 1)})
+        return 0
+    print(f"from {result.image}\n  digest {result.image_digest}")
+    for path, size in result.files.items():
+        print(f"  {path}  {_human_size(size)}")
+    if result.ssh_key:
+        print(
+            f"  log in: imagemode vm {next(iter(result.files))} (root, with {args.output}/{result.ssh_key})"
+        )
+    return 0
+
+
+def cmd_vm(args: argparse.Namespace) -> int:
+    from imagemode.run import run_interactive
+    from imagemode.vm.qemu import VM
+
+    disk = Path(args.disk)
+    if not disk.is_file():
+        raise ImagemodeError(f"disk not found: {disk}")
+    vm = VM(
+        disk,
+        memory=args.memory,
+        cpus=args.cpus,
+        snapshot=args.snapshot,
+        serial_log=Path(args.serial_log) if args.serial_log else None,
+        ssh_port=args.ssh_port or 0,
+        ssh_key=Path(args.ssh_key) if args.ssh_key else None,
+    )
+    with vm:
+        print(f"booting {disk} ({vm.accel}, ssh on 127.0.0.1:{vm.ssh_port})", file=sys.stderr)
+        took = vm.wait_ssh(args.timeout)
+        print(f"ssh up after {took:.1f}s", file=sys.stderr)
+        try:
+            if args.exec is not None:
+                return vm.exec(args.exec, check=False, timeout=args.timeout).returncode
+            return run_interactive(vm.ssh_cmd("", tty=True)[:-1])
+        finally:
+            vm.poweroff()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from imagemode.host import status as hs
+    from imagemode.host.sysroot import read_status
+
+    st = read_status()
+    if args.booted:
+        st["status"] = {k: v for k, v in st["status"].items() if k in ("booted", "type")}
+    fmt = "json" if args.json else args.format
+    if fmt is None:
+        fmt = "humanreadable" if sys.stdout.isatty() else "yaml"
+    if fmt == "json":
+        _json_out(st)
+    elif fmt == "yaml":
+        sys.stdout.write(hs.to_yaml(st))
+    else:
+        sys.stdout.write(hs.human(st))
+    return 0
+
+
+def cmd_boot_update(args: argparse.Namespace) -> int:
+    from imagemode.boot import grub
+
+    out = grub.update(Path(args.sysroot))
+    if not args.quiet:
+        print(f"wrote {out}")
+    return 0
+
+
 # ---- parser -----------------------------------------------------------------------------------------
 
 
@@ -252,7 +344,11 @@ def build_parser() -> Parser:
         ),
         epilog="verbs:\n  build base      build the bootable Debian base image\n"
         "  build           build a Containerfile and lint the result\n"
-        "  container lint  check that an image is bootable (alias: lint)\n\n"
+        "  container lint  check that an image is bootable (alias: lint)\n"
+        "  disk            turn a bootable image into a disk (raw, qcow2, vmdk, vhd)\n"
+        "  vm              boot a disk in QEMU, log in over SSH\n"
+        "  status          the booted, staged and rollback deployments (device side)\n"
+        "  boot update     rewrite the GRUB menu from ostree's entries (device side)\n\n"
         "Run 'imagemode VERB --help' for a verb's options.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -292,6 +388,86 @@ def build_parser() -> Parser:
     )
     _add_common(cl)
     _lint_args(cl)
+
+    d = sub.add_parser(
+        "disk",
+        help="turn a bootable image into a disk (raw, qcow2, vmdk, vhd)",
+        description="Import IMAGE into an ostree store, deploy it into a sysroot, and write "
+        "a GPT disk with an ESP (standalone GRUB) and an ext4 root, without loop "
+        "devices or mounts. The image is linted first. Files appear in the output "
+        "directory only when complete.",
+    )
+    _add_common(d)
+    d.add_argument(
+        "image", metavar="IMAGE", help="a local image, or oci:DIR, oci-archive:FILE, docker://REF"
+    )
+    d.add_argument(
+        "--type",
+        action="append",
+        default=[],
+        metavar="TYPE",
+        help="raw, qcow2 (default), vmdk or vhd; repeatable",
+    )
+    d.add_argument("--config", metavar="config.toml", help="customizations in bootc-image-builder's format")
+    d.add_argument(
+        "-o", "--output", default="output", metavar="DIR", help="output directory (default: output)"
+    )
+    d.add_argument(
+        "--cache-dir", metavar="DIR", help="store and work directory (default: /var/cache/imagemode)"
+    )
+    d.add_argument("--json", action="store_true", help="print the result as JSON")
+    d.set_defaults(func=cmd_disk)
+
+    v = sub.add_parser(
+        "vm",
+        help="boot a disk in QEMU and log in over SSH",
+        description="Boot DISK with QEMU and OVMF (KVM when it really works, TCG otherwise), "
+        "user networking with restrict=on and SSH forwarded on 127.0.0.1. Waits "
+        "for SSH, stopping early on grub>, emergency mode, a kernel panic or a "
+        "silent console. Without --exec it opens an SSH session, then powers off.",
+    )
+    _add_common(v)
+    v.add_argument("disk", metavar="DISK")
+    v.add_argument("--memory", type=int, default=1024, metavar="MiB", help="default: 1024")
+    v.add_argument("--cpus", type=int, default=2, help="default: 2")
+    v.add_argument("--snapshot", action="store_true", help="never write to DISK")
+    v.add_argument("--serial-log", metavar="FILE", help="append the serial console to FILE")
+    v.add_argument("--ssh-port", type=int, metavar="PORT", help="host port for SSH (default: a free one)")
+    v.add_argument("--ssh-key", metavar="FILE", help="default: id_ed25519 beside DISK")
+    v.add_argument("--exec", metavar="CMD", help="run CMD in the guest, power off, exit with its status")
+    v.add_argument("--timeout", type=float, default=600, metavar="S", help="boot timeout (default: 600)")
+    v.set_defaults(func=cmd_vm)
+
+    s = sub.add_parser(
+        "status",
+        help="the booted, staged and rollback deployments",
+        description="Show the host as bootc does (apiVersion org.containers.bootc/v1, kind "
+        "BootcHost): human text on a terminal, YAML otherwise.",
+    )
+    _add_common(s)
+    s.add_argument("--json", action="store_true", help="same as --format json")
+    s.add_argument("--format", choices=("humanreadable", "yaml", "json"), help="output format")
+    s.add_argument("--booted", action="store_true", help="only the booted deployment")
+    s.set_defaults(func=cmd_status)
+
+    bt = sub.add_parser(
+        "boot",
+        help="bootloader plumbing (used by the device's own units)",
+        description="Bootloader plumbing.",
+    )
+    _add_common(bt)
+    btsub = bt.add_subparsers(dest="boot_verb", metavar="VERB", parser_class=Parser, required=True)
+    bu = btsub.add_parser(
+        "update",
+        help="rewrite grub.cfg from ostree's boot entries",
+        description="Rewrite SYSROOT/boot/grub/grub.cfg from ostree's BLS entries, "
+        "atomically. imagemode-bootloader.service runs it at boot and after "
+        "the staged deployment is finalized at shutdown.",
+    )
+    _add_common(bu)
+    bu.add_argument("--sysroot", default="/sysroot", metavar="DIR", help="default: /sysroot")
+    bu.add_argument("--quiet", action="store_true")
+    bu.set_defaults(func=cmd_boot_update)
 
     al = sub.add_parser(
         "lint", help="alias of 'container lint'", description="Alias of 'imagemode container lint'."

@@ -191,6 +191,16 @@ def run(
     return subprocess.CompletedProcess(argv, returncode, stdout, stderr_tail)
 
 
+def run_interactive(cmd: Sequence[PathString]) -> int:
+    """Run a program on this terminal (an SSH session, say) and return its exit status."""
+    argv = [os.fspath(c) for c in cmd]
+    log.debug("run (interactive): %s", shlex.join(argv))
+    try:
+        return subprocess.call(argv)
+    except FileNotFoundError as e:
+        raise ToolMissingError(argv[0]) from e
+
+
 def disk_watchdog(path: PathString, min_free: int = 1 << 20) -> Callable[[], str | None]:
     """A watchdog that stops a program once the filesystem holding `path` is full."""
 

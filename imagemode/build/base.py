@@ -204,6 +204,14 @@ def write_imagemode_layer(dest: Path, epoch: int) -> Blob:
         entry = bindir / "imagemode"
         entry.write_text("#!/usr/bin/python3\nfrom imagemode.cli import main\n\nraise SystemExit(main())\n")
         entry.chmod(0o755)
+        # The device side's units ship with the code that they run, so the two never drift apart.
+        units = root / "usr/lib/systemd/system"
+        wants = units / "multi-user.target.wants"
+        wants.mkdir(parents=True)
+        for unit in sorted((pkg / "data/units").glob("imagemode-*")):
+            shutil.copy(unit, units / unit.name)
+            if "[Install]" in unit.read_text():
+                (wants / unit.name).symlink_to(f"../{unit.name}")
         for p in root.rglob("*"):
             os.utime(p, (epoch, epoch), follow_symlinks=False)
         for d in [root, *root.rglob("*")]:

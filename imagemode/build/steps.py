@@ -149,6 +149,9 @@ def configure(ctx: BuildContext) -> None:
     for key in (t / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
     (t / "usr/lib/tmpfiles.d/imagemode-base.conf").write_text(_data("imagemode-base.tmpfiles.conf"))
+    kargs = t / "usr/lib/bootc/kargs.d"
+    kargs.mkdir(parents=True, exist_ok=True)
+    (kargs / "10-imagemode-console.toml").write_text(_data("10-imagemode-console.toml"))
     _chroot(ctx, "systemctl", "enable", *ENABLED_UNITS)
     _chroot(ctx, "systemctl", "disable", *DISABLED_UNITS)
     # mmdebstrap copies the build host's hostname and resolv.conf; a device takes its own from DHCP.

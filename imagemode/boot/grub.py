@@ -1,0 +1,96 @@
+"""grub.cfg from ostree's BLS entries. Debian's GRUB 2.06 has no `blscfg`, so the menu is generated.
+
+Why GRUB (docs/boot.md): the ESP holds only a standalone GRUB binary written once at install, and the
+menu is a file on the ext4 root that is replaced by rename. A power cut at any moment leaves either
+the old or the new menu. An old menu still boots: see _ostree_target.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from imagemode.boot import bls
+
+GRUB_CFG = "grub/grub.cfg"
+DEFAULT_TIMEOUT = 1
+
+
+_BOOTLINK_RE = re.compile(r"^/ostree/boot\.([01])/(.+)$")
+
+
+def _ostree_target(value: str) -> list[str]:
+    """GRUB lines that set $ostree_target to ostree's link, or to the other boot version's twin.
+
+    ostree-prepare-root and ostree-system-generator (2022.7) accept only the form
+    /ostree/boot.[01]/STATEROOT/BOOTCSUM/SERIAL, and ostree deletes the old boot version's links right
+    after it swaps /boot/loader. If the power goes between that swap and this menu's rewrite, the old
+    menu's link is gone, and its twin under the new version names a deployment with the same kernel.
+    """
+    m = _BOOTLINK_RE.match(value)
+    if not m:
+        return [f"  set ostree_target={value}"]
+    other = f"/ostree/boot.{1 - int(m.group(1))}/{m.group(2)}"
+    return [f"  set ostree_target={value}",
+            f"  if [ ! -e $ostree_target ]; then set ostree_target={other}; fi"]  # fmt: skip
+
+
+def render(sysroot: Path, entries: list[bls.Entry], timeout: int = DEFAULT_TIMEOUT) -> str:
+    lines = [
+        "# Written by imagemode from /boot/loader/entries (ostree's BLS entries). Edits are overwritten.",
+        "serial --unit=0 --speed=115200",
+        "terminal_input serial console",
+        "terminal_output serial console",
+        f"set timeout={timeout}",
+        "set default=0",
+    ]
+    for e in entries:
+        opts, target = [], []
+        for arg in e.options.split():
+            if arg.startswith("ostree="):
+                target = _ostree_target(arg[len("ostree=") :])
+                arg = "ostree=$ostree_target"
+            opts.append(arg)
+        title = e.title.replace("'", "")
+        lines += [
+            f"menuentry '{title}' --id 'ostree-{e.index}' {{",
+            *target,
+            f"  linux /boot{e.linux} {' '.join(opts)}",
+            f"  initrd /boot{e.initrd}",
+            "}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def update(sysroot: Path, timeout: int = DEFAULT_TIMEOUT) -> Path:
+    """Rewrite sysroot/boot/grub/grub.cfg from the current entries: temp file, fsync, rename, fsync dir."""
+    boot = sysroot / "boot"
+    text = render(sysroot, bls.read(boot), timeout)
+    out = boot / GRUB_CFG
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists() and out.read_text() == text:
+        return out
+    tmp = out.with_name(out.name + ".new")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out)
+    dfd = os.open(out.parent, os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return out
+
+
+def early_config(root_uuid: str) -> str:
+    """The config embedded in the standalone GRUB on the ESP: find the root, hand over to its grub.cfg.
+
+    `prefix` is left alone: modules live in the binary's memdisk (boot-path.md, pitfall).
+    """
+    return f"search --no-floppy --fs-uuid --set=root {root_uuid}\nconfigfile ($root)/boot/{GRUB_CFG}\n"
+
+
+GRUB_MODULES = "part_gpt ext2 search_fs_uuid configfile normal linux serial terminal echo test gzio"

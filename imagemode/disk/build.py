@@ -1,0 +1,159 @@
+"""`imagemode disk IMAGE`: lint, import, deploy, customize, write the disk.
+
+Nothing reaches the output directory until the end. Every file is written under a temporary name in
+that directory and renamed into place, so a failure (a bad key, a full disk) leaves nothing
+half-written.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imagemode.build.containerfile import LintFailedError, lint_image
+from imagemode.disk import config as diskconfig
+from imagemode.disk import image as diskimage
+from imagemode.disk import sysroot as sr
+from imagemode.oci.reference import ImageRef
+from imagemode.run import run
+from imagemode.store import importer
+from imagemode.store.ostree import Repo
+from imagemode.ui import Progress
+
+SSH_KEY_NAME = "id_ed25519"
+
+
+class DiskType(enum.StrEnum):
+    RAW = "raw"
+    QCOW2 = "qcow2"
+    VMDK = "vmdk"
+    VHD = "vhd"
+
+    @property
+    def qemu_format(self) -> str:
+        return "vpc" if self is DiskType.VHD else self.value
+
+
+@dataclass(frozen=True)
+class DiskOptions:
+    image: ImageRef
+    types: tuple[DiskType, ...]
+    output: Path
+    cache_dir: Path
+    config: Path | None = None
+
+
+@dataclass
+class DiskResult:
+    image: str
+    image_digest: str
+    root_uuid: str
+    kargs: list[str]
+    files: dict[str, int] = field(default_factory=dict)
+    ssh_key: str | None = None
+    layers_imported: int = 0
+    layers_total: int = 0
+
+
+PLAN = (
+    ("lint", "lint the image; a failure stops here, before anything is written"),
+    ("import", "import the image into the ostree store, layer by layer (cached by digest)"),
+    ("deploy", "deploy into a directory sysroot: init-fs, os-init, pull-local, deploy"),
+    ("customize", "users, SSH keys and the GRUB menu"),
+    ("disk", "GPT with ESP (standalone GRUB) and ext4 root by mkfs.ext4 -d; convert"),
+)
+
+
+def _commit_kargs(repo: Repo, commit: str, work: Path) -> list[str]:
+    """The image's kargs.d, read from the commit without checking the whole tree out."""
+    d = work / "kargs-tree"
+    run(["ostree", f"--repo={repo.path}", "checkout", "--subpath=/usr/lib/bootc", commit, d], check=False)
+    tree = work / "kargs-root"
+    (tree / "usr/lib").mkdir(parents=True, exist_ok=True)
+    if d.is_dir():
+        d.rename(tree / "usr/lib/bootc")
+    return sr.image_kargs(tree)
+
+
+def build(opts: DiskOptions, progress: Progress) -> DiskResult:
+    cfg = diskconfig.load(opts.config) if opts.config else diskconfig.DiskConfig()
+    with progress.step(*PLAN[0]):
+        report = lint_image(opts.image)
+        if report.errors:
+            raise LintFailedError(report)
+    work_base = opts.cache_dir / "work"
+    work_base.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="disk-", dir=work_base))
+    sysroot = work / "sysroot"
+    temps: list[Path] = []
+    try:
+        repo = Repo(opts.cache_dir / "repo").ensure()
+        with progress.step(*PLAN[1]):
+            imp = importer.import_image(
+                repo, opts.image, work, on_layer=lambda i, n, new: progress.line(f"layer {i}/{n}")
+            )
+        root_uuid = str(uuid.uuid4())
+        kargs = [f"root=UUID={root_uuid}", "rw", *_commit_kargs(repo, imp.commit, work), *cfg.kernel_append]
+        with progress.step(*PLAN[2]):
+            sysroot.mkdir()
+            deployment = sr.deploy(sysroot, repo, imp.commit, imp.ref, imp.image, kargs)
+        result = DiskResult(
+            imp.image,
+            imp.manifest_digest,
+            root_uuid,
+            kargs,
+            layers_imported=imp.layers_imported,
+            layers_total=imp.layers_total,
+        )
+        with progress.step(*PLAN[3]):
+            users = list(cfg.users)
+            if not any(u.key for u in users):
+                # A disk needs a way in: without a configured key, root gets a fresh one, kept beside it.
+                keyfile = work / SSH_KEY_NAME
+                run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "imagemode-disk", "-f", keyfile])
+                users.append(diskconfig.User("root", key=(work / f"{SSH_KEY_NAME}.pub").read_text()))
+                result.ssh_key = SSH_KEY_NAME
+            sr.customize(sysroot, deployment, diskconfig.DiskConfig(tuple(users)))
+        with progress.step(*PLAN[4]):
+            content = diskimage.tree_size(sysroot)
+            rootfs = diskimage.root_size(content, cfg.root_minsize)
+            opts.output.mkdir(parents=True, exist_ok=True)
+            raw = opts.output / f".disk.raw.{uuid.uuid4().hex[:8]}.tmp"
+            temps.append(raw)
+            diskimage.write_raw(sysroot, raw, root_uuid, rootfs, work)
+            finals: list[tuple[Path, Path]] = []
+            for t in opts.types:
+                if t is DiskType.RAW:
+                    finals.append((raw, opts.output / "disk.raw"))
+                    continue
+                tmp = opts.output / f".disk.{t.value}.{uuid.uuid4().hex[:8]}.tmp"
+                temps.append(tmp)
+                progress.line(f"converting to {t.value}")
+                diskimage.convert(raw, tmp, t.qemu_format)
+                finals.append((tmp, opts.output / f"disk.{t.value}"))
+            if result.ssh_key:
+                for name in (SSH_KEY_NAME, f"{SSH_KEY_NAME}.pub"):
+                    tmp = opts.output / f".{name}.tmp"
+                    temps.append(tmp)
+                    shutil.copy2(work / name, tmp)
+                    finals.append((tmp, opts.output / name))
+            meta = opts.output / ".disk.json.tmp"
+            temps.append(meta)
+            # All written: now the renames, which cannot fail for lack of space.
+            for tmp, final in finals:
+                tmp.replace(final)
+                result.files[str(final)] = final.stat().st_size
+            meta.write_text(json.dumps(result.__dict__, indent=2) + "\n")
+            meta.replace(opts.output / "disk.json")
+            result.files[str(opts.output / "disk.json")] = (opts.output / "disk.json").stat().st_size
+        return result
+    finally:
+        for leftover in temps:
+            leftover.unlink(missing_ok=True)
+        sr.remove(sysroot)
+        shutil.rmtree(work, ignore_errors=True)

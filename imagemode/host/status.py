@@ -1,0 +1,138 @@
+"""`imagemode status`: the host as bootc describes it (org.containers.bootc/v1, kind BootcHost).
+
+`host_status()` is a pure function of what the sysroot holds, so tests validate it against the schema
+without a device. `imagemode.host.sysroot` reads the real sysroot through libostree.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from imagemode.oci.reference import ReferenceError, Transport, parse
+
+API_VERSION = "org.containers.bootc/v1"
+KIND = "BootcHost"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One ostree deployment and the image it came from (read from its commit's metadata)."""
+
+    stateroot: str
+    checksum: str
+    serial: int
+    image: str  # as recorded by the importer, e.g. "docker://127.0.0.1:5000/os:v2"
+    digest: str
+    version: str | None
+    timestamp: int | None
+    architecture: str
+    pinned: bool = False
+    download_only: bool = False
+
+
+def image_reference(image: str) -> dict[str, Any]:
+    """bootc's ImageReference: transport names as bootc spells them ("registry", "oci", ...)."""
+    try:
+        ref = parse(image)
+    except ReferenceError:
+        return {"image": image, "transport": "registry"}
+    return {
+        "image": str(ref),
+        "transport": ref.transport.value if ref.transport is not Transport.REGISTRY else "registry",
+    }
+
+
+def boot_entry(d: Deployment, cached_update: dict[str, Any] | None = None) -> dict[str, Any]:
+    ts = datetime.fromtimestamp(d.timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if d.timestamp else None
+    return {
+        "image": {
+            "image": image_reference(d.image),
+            "version": d.version,
+            "timestamp": ts,
+            "imageDigest": d.digest,
+            "architecture": d.architecture,
+        } if d.digest else None,
+        "cachedUpdate": cached_update,
+        "incompatible": False,
+        "pinned": d.pinned,
+        "downloadOnly": d.download_only,
+        "store": "ostreeContainer",
+        "ostree": {"checksum": d.checksum, "deploySerial": d.serial, "stateroot": d.stateroot},
+    }  # fmt: skip
+
+
+def host_status(
+    booted: Deployment | None,
+    staged: Deployment | None,
+    rollback: Deployment | None,
+    *,
+    rollback_queued: bool = False,
+    cached_update: dict[str, Any] | None = None,
+    other: list[Deployment] | None = None,
+) -> dict[str, Any]:
+    spec_image = None
+    source = staged or booted
+    if source is not None and source.digest:
+        spec_image = image_reference(source.image)
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": "host"},
+        "spec": {"image": spec_image, "bootOrder": "rollback" if rollback_queued else "default"},
+        "status": {
+            "staged": boot_entry(staged) if staged else None,
+            "booted": boot_entry(booted, cached_update) if booted else None,
+            "rollback": boot_entry(rollback) if rollback else None,
+            "otherDeployments": [boot_entry(d) for d in other or []],
+            "rollbackQueued": rollback_queued,
+            "type": "bootcHost" if booted else None,
+        },
+    }
+
+
+def human(status: dict[str, Any]) -> str:
+    """The status as a person at the device reads it."""
+    st = status["status"]
+    if st["booted"] is None:
+        return "This system is not booted from an imagemode (ostree) deployment.\n"
+    lines: list[str] = []
+
+    def entry(label: str, e: dict[str, Any] | None, mark: str) -> None:
+        if e is None:
+            return
+        img = e["image"]
+        name = img["image"]["image"] if img else "(not from an image)"
+        lines.append(f"{mark} {label} image: {name}")
+        if img:
+            lines.append(f"{'':>8}Digest: {img['imageDigest']}")
+            ver = img["version"] or "-"
+            lines.append(f"{'':>7}Version: {ver} ({img['timestamp'] or 'no timestamp'})")
+        lines.append(f"{'':>8}Commit: {e['ostree']['checksum']}.{e['ostree']['deploySerial']}")
+        if e.get("downloadOnly"):
+            lines.append(f"{'':>8}Download only: not applied at shutdown")
+        lines.append("")
+
+    entry("Staged", st["staged"], " ")
+    entry("Booted", st["booted"], "●")
+    entry("Rollback", st["rollback"], " ")
+    cu = st["booted"].get("cachedUpdate")
+    if cu:
+        lines.append(
+            f"  Update available: {cu['image']['image']} {cu['imageDigest']}"
+            f" (version {cu.get('version') or '-'})"
+        )
+    if st["rollbackQueued"]:
+        lines.append("  Rollback queued: the rollback deployment boots next.")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def to_yaml(status: dict[str, Any]) -> str:
+    try:
+        import yaml
+    except ImportError:  # python3-yaml is in the base image; JSON is valid YAML otherwise
+        return json.dumps(status, indent=2) + "\n"
+    text: str = yaml.safe_dump(status, sort_keys=False)
+    return text

@@ -1,0 +1,134 @@
+"""The importer on small synthetic images, with the real ostree: whiteouts, metadata, layer reuse."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from imagemode.oci.layout import Layout, write_layer
+from imagemode.store import importer
+from imagemode.store.ostree import Repo
+
+EPOCH = 1_700_000_000
+
+
+def layer_tree(root: Path, files: dict[str, str], modes: dict[str, int] | None = None) -> Path:
+    root.mkdir(parents=True)
+    for rel, content in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if content.endswith("/"):
+            p.mkdir(exist_ok=True)
+        else:
+            p.write_text(content)
+    for rel, mode in (modes or {}).items():
+        os.chmod(root / rel, mode)
+    return root
+
+
+def make_image(tmp: Path, name: str, trees: list[Path]) -> importer.OciImage:
+    layout = Layout(tmp / f"{name}-oci")
+    pairs = []
+    for i, t in enumerate(trees):
+        blob = write_layer(t, tmp / f"{name}-{i}.tar", EPOCH)
+        layout.add_file(tmp / f"{name}-{i}.tar", blob)
+        pairs.append((blob, blob.digest))
+    config = {
+        "created": "2023-11-14T22:13:20Z",
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Labels": {"containers.bootc": "1", "org.opencontainers.image.version": name}},
+    }
+    layout.write_image(pairs, config, "latest")
+    return importer.read_layout(layout.path)
+
+
+@pytest.fixture
+def base_layer(tmp_path: Path) -> Path:
+    t = layer_tree(
+        tmp_path / "l0",
+        {
+            "usr/bin/tool": "#!/bin/sh\n",
+            "usr/bin/gone": "deleted by the next layer\n",
+            "usr/share/data/old-1": "hidden by an opaque dir\n",
+            "usr/share/data/old-2": "hidden too\n",
+            "etc/app.conf": "a=1\n",
+            "var/lib/app/state": "first boot content\n",
+        },
+        modes={"usr/bin/tool": 0o4755},
+    )
+    os.setxattr(t / "usr/bin/tool", "user.test", b"v1")
+    return t
+
+
+def whiteout_layer(tmp_path: Path, name: str) -> Path:
+    t = layer_tree(
+        tmp_path / name,
+        {"usr/share/data/new": f"{name}\n", "usr/bin/.wh.gone": "", "usr/share/data/.wh..wh..opq": ""},
+    )
+    return t
+
+
+def test_import_applies_whiteouts_and_layout(tmp_path: Path, base_layer: Path) -> None:
+    repo = Repo(tmp_path / "repo").ensure()
+    work = tmp_path / "work"
+    work.mkdir()
+    img = make_image(tmp_path, "v1", [base_layer, whiteout_layer(tmp_path, "l1")])
+    res = importer.import_oci(repo, img, "oci:/x:v1", work)
+    assert (res.layers_total, res.layers_imported) == (2, 2)
+    out = tmp_path / "co"
+    subprocess.run(["ostree", f"--repo={repo.path}", "checkout", res.commit, str(out)], check=True)
+    assert (out / "usr/bin/tool").stat().st_mode & 0o7777 == 0o4755
+    assert os.getxattr(out / "usr/bin/tool", "user.test") == b"v1"
+    assert not (out / "usr/bin/gone").exists()
+    assert sorted(p.name for p in (out / "usr/share/data").iterdir()) == ["new"]
+    assert not list((out / "usr/bin").glob(".wh.*"))
+    assert (out / "usr/etc/app.conf").read_text() == "a=1\n" and not (out / "etc").exists()
+    assert list((out / "var").iterdir()) == []
+    assert (out / "usr/share/factory/var/lib/app/state").exists()
+    conf = (out / importer.VAR_TMPFILES).read_text()
+    assert "C /var/lib/app - - - - /usr/share/factory/var/lib/app" in conf
+    assert (out.stat().st_mode & 0o777) == 0o755
+    # the commit carries what status needs
+    assert repo.metadata(res.commit, importer.META_DIGEST) == img.manifest_digest
+    assert repo.metadata(res.commit, importer.META_IMAGE) == "oci:/x:v1"
+    assert repo.metadata(res.commit, importer.META_VERSION) == "v1"
+    cfg = json.loads(repo.metadata(res.commit, importer.META_CONFIG) or "{}")
+    assert cfg["config"]["Labels"]["containers.bootc"] == "1"
+
+
+def test_shared_layers_are_imported_once(tmp_path: Path, base_layer: Path) -> None:
+    repo = Repo(tmp_path / "repo").ensure()
+    work = tmp_path / "work"
+    work.mkdir()
+    v1 = make_image(tmp_path, "v1", [base_layer, whiteout_layer(tmp_path, "l1")])
+    v2 = make_image(tmp_path, "v2", [base_layer, whiteout_layer(tmp_path, "l2")])
+    assert importer.import_oci(repo, v1, "v1", work).layers_imported == 2
+    again = importer.import_oci(repo, v2, "v2", work)
+    assert (again.layers_total, again.layers_imported) == (2, 1)
+    assert len(repo.refs("imagemode/layer")) == 3
+
+
+def test_layer_escaping_the_root_is_refused(tmp_path: Path) -> None:
+    import tarfile
+
+    from imagemode.store import layers
+
+    bad = tmp_path / "bad.tar"
+    with tarfile.open(bad, "w") as tar:
+        ti = tarfile.TarInfo("../../etc/passwd")
+        tar.addfile(ti)
+    dest = tmp_path / "d"
+    dest.mkdir()
+    with pytest.raises(layers.LayerError, match="escapes the root"):
+        layers.extract(bad, dest)
+
+
+def test_ref_for() -> None:
+    assert (
+        importer.ref_for("docker://127.0.0.1:5000/os:v2") == "imagemode/image/docker_/127.0.0.1_5000/os_v2"
+    )
