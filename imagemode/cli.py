@@ -226,7 +226,7 @@ def cmd_vm(args: argparse.Namespace) -> int:
         print(f"ssh up after {took:.1f}s", file=sys.stderr)
         try:
             if args.exec is not None:
-                return vm.exec(args.exec, check=False, timeout=args.timeout).returncode
+                return run_interactive(vm.ssh_cmd(args.exec))
             return run_interactive(vm.ssh_cmd("", tty=True)[:-1])
         finally:
             vm.poweroff()

@@ -12,7 +12,7 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 
 # Bumped whenever the steps below change what they write, so that old caches are not reused.
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 
 # What a bootable, updatable edge node needs. Everything else comes from apt's resolution of these.
 PACKAGES = (

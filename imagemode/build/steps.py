@@ -148,6 +148,7 @@ def configure(ctx: BuildContext) -> None:
     (wants / unit.name).symlink_to(f"../{unit.name}")
     for key in (t / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
+    (t / "etc/ssh/sshd_config.d/10-imagemode-hostkeys.conf").write_text(_data("10-imagemode-hostkeys.conf"))
     (t / "usr/lib/tmpfiles.d/imagemode-base.conf").write_text(_data("imagemode-base.tmpfiles.conf"))
     kargs = t / "usr/lib/bootc/kargs.d"
     kargs.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,11 @@ def origin(image: str) -> str:
 
 
 def deploy(sysroot: Path, source: Repo, commit: str, ref: str, image: str, kargs: list[str]) -> Path:
-    """Deploy `commit` from `source` into the empty directory `sysroot`. Returns the deployment dir."""
+    """Deploy `commit` from `source` into the empty directory `sysroot`. Returns the deployment dir.
+
+    Kernel arguments are appended, not set: `--karg` replaces an argument of the same key, which would
+    keep only the last of `console=tty0 console=ttyS0`.
+    """
     run(["ostree", "admin", "init-fs", sysroot])
     run(["ostree", "admin", "os-init", STATEROOT, f"--sysroot={sysroot}"])
     repo = Repo(sysroot / "ostree/repo")
@@ -53,7 +57,7 @@ def deploy(sysroot: Path, source: Repo, commit: str, ref: str, image: str, kargs
     origin_file = sysroot.parent / "origin"
     origin_file.write_text(origin(image))
     run(["ostree", "admin", "deploy", f"--sysroot={sysroot}", f"--os={STATEROOT}",
-         f"--origin-file={origin_file}", *[f"--karg={k}" for k in kargs], commit])  # fmt: skip
+         f"--origin-file={origin_file}", *[f"--karg-append={k}" for k in kargs], commit])  # fmt: skip
     (dep,) = (sysroot / "ostree/deploy" / STATEROOT / "deploy").glob("*.0")
     return dep
 

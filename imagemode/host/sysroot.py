@@ -53,10 +53,13 @@ def describe(sysroot: Any, dep: Any) -> Deployment:
     config = json.loads(_meta(commit, importer.META_CONFIG) or "{}")
     origin = dep.get_origin()
     download_only = False
-    if origin is not None and origin.has_group("imagemode"):
-        download_only = origin.has_key("imagemode", "download-only") and origin.get_boolean(
-            "imagemode", "download-only"
-        )
+    if origin is not None:
+        from gi.repository import GLib
+
+        try:
+            download_only = bool(origin.get_boolean("imagemode", "download-only"))
+        except GLib.Error:  # no such group or key: not download-only
+            pass
     return Deployment(
         stateroot=dep.get_osname(),
         checksum=csum,
