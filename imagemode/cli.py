@@ -267,6 +267,19 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="log every external command and its output")
 
 
+def _verb(sub: Any, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    """A verb's parser, with the options every verb takes."""
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=description)
+    _add_common(p)
+    return p
+
+
+def _group(sub: Any, name: str, help: str, description: str) -> Any:
+    """A verb whose first argument is a sub-verb (`container lint`, `boot update`)."""
+    g = _verb(sub, name, help, description)
+    return g.add_subparsers(dest=f"{name}_verb", metavar="VERB", parser_class=Parser, required=True)
+
+
 def _lint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", nargs="?", metavar="IMAGE", help="an image in local containers-storage")
     p.add_argument("--fatal-warnings", action="store_true", help="fail on warnings too")
@@ -356,14 +369,14 @@ def build_parser() -> Parser:
     _add_common(p)
     sub = p.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
 
-    b = sub.add_parser(
+    b = _verb(
+        sub,
         "build",
         help="build a Containerfile (or 'build base', the base image)",
         description="Build a Containerfile with podman, with the options this machine needs, "
         "then lint the result. The tag is applied only if the build and the lint "
         "pass. For the base image see 'imagemode build base --help'.",
     )
-    _add_common(b)
     b.add_argument("context", nargs="?", default=".", metavar="CONTEXT", help="build context (default: .)")
     b.add_argument("-f", "--file", metavar="CONTAINERFILE", help="default: CONTEXT/Containerfile")
     b.add_argument("-t", "--tag", required=True, help="tag of the built image")
@@ -372,24 +385,24 @@ def build_parser() -> Parser:
     b.add_argument("--fatal-warnings", action="store_true", help="lint warnings fail the build too")
     b.set_defaults(func=cmd_build)
 
-    c = sub.add_parser(
+    csub = _group(
+        sub,
         "container",
         help="operations on container images (lint)",
         description="Operations on bootable container images.",
     )
-    _add_common(c)
-    csub = c.add_subparsers(dest="container_verb", metavar="VERB", parser_class=Parser, required=True)
-    cl = csub.add_parser(
+    cl = _verb(
+        csub,
         "lint",
         help="check that an image is bootable",
         description="Check a bootable container image. Errors make it unusable, warnings "
         "flag surprises on a device. Exit 1 on an error (or a warning with "
         "--fatal-warnings).",
     )
-    _add_common(cl)
     _lint_args(cl)
 
-    d = sub.add_parser(
+    d = _verb(
+        sub,
         "disk",
         help="turn a bootable image into a disk (raw, qcow2, vmdk, vhd)",
         description="Import IMAGE into an ostree store, deploy it into a sysroot, and write "
@@ -397,7 +410,6 @@ def build_parser() -> Parser:
         "devices or mounts. The image is linted first. Files appear in the output "
         "directory only when complete.",
     )
-    _add_common(d)
     d.add_argument(
         "image", metavar="IMAGE", help="a local image, or oci:DIR, oci-archive:FILE, docker://REF"
     )
@@ -418,7 +430,8 @@ def build_parser() -> Parser:
     d.add_argument("--json", action="store_true", help="print the result as JSON")
     d.set_defaults(func=cmd_disk)
 
-    v = sub.add_parser(
+    v = _verb(
+        sub,
         "vm",
         help="boot a disk in QEMU and log in over SSH",
         description="Boot DISK with QEMU and OVMF (KVM when it really works, TCG otherwise), "
@@ -426,7 +439,6 @@ def build_parser() -> Parser:
         "for SSH, stopping early on grub>, emergency mode, a kernel panic or a "
         "silent console. Without --exec it opens an SSH session, then powers off.",
     )
-    _add_common(v)
     v.add_argument("disk", metavar="DISK")
     v.add_argument("--memory", type=int, default=1024, metavar="MiB", help="default: 1024")
     v.add_argument("--cpus", type=int, default=2, help="default: 2")
@@ -438,41 +450,39 @@ def build_parser() -> Parser:
     v.add_argument("--timeout", type=float, default=600, metavar="S", help="boot timeout (default: 600)")
     v.set_defaults(func=cmd_vm)
 
-    s = sub.add_parser(
+    s = _verb(
+        sub,
         "status",
         help="the booted, staged and rollback deployments",
         description="Show the host as bootc does (apiVersion org.containers.bootc/v1, kind "
         "BootcHost): human text on a terminal, YAML otherwise.",
     )
-    _add_common(s)
     s.add_argument("--json", action="store_true", help="same as --format json")
     s.add_argument("--format", choices=("humanreadable", "yaml", "json"), help="output format")
     s.add_argument("--booted", action="store_true", help="only the booted deployment")
     s.set_defaults(func=cmd_status)
 
-    bt = sub.add_parser(
+    btsub = _group(
+        sub,
         "boot",
         help="bootloader plumbing (used by the device's own units)",
         description="Bootloader plumbing.",
     )
-    _add_common(bt)
-    btsub = bt.add_subparsers(dest="boot_verb", metavar="VERB", parser_class=Parser, required=True)
-    bu = btsub.add_parser(
+    bu = _verb(
+        btsub,
         "update",
         help="rewrite grub.cfg from ostree's boot entries",
         description="Rewrite SYSROOT/boot/grub/grub.cfg from ostree's BLS entries, "
         "atomically. imagemode-bootloader.service runs it at boot and after "
         "the staged deployment is finalized at shutdown.",
     )
-    _add_common(bu)
     bu.add_argument("--sysroot", default="/sysroot", metavar="DIR", help="default: /sysroot")
     bu.add_argument("--quiet", action="store_true")
     bu.set_defaults(func=cmd_boot_update)
 
-    al = sub.add_parser(
-        "lint", help="alias of 'container lint'", description="Alias of 'imagemode container lint'."
+    al = _verb(
+        sub, "lint", help="alias of 'container lint'", description="Alias of 'imagemode container lint'."
     )
-    _add_common(al)
     _lint_args(al)
     return p
 

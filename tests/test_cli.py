@@ -5,7 +5,18 @@ import pytest
 import imagemode
 from tests.conftest import imagemode as cli
 
-VERBS = [["build", "base"], ["build"], ["container"], ["container", "lint"], ["lint"]]
+VERBS = [
+    ["build", "base"],
+    ["build"],
+    ["container"],
+    ["container", "lint"],
+    ["lint"],
+    ["disk"],
+    ["vm"],
+    ["status"],
+    ["boot"],
+    ["boot", "update"],
+]
 
 
 def test_version() -> None:
@@ -14,7 +25,7 @@ def test_version() -> None:
 
 def test_top_help_names_every_verb() -> None:
     out = cli("--help").stdout
-    for verb in ("build base", "build", "container lint", "lint"):
+    for verb in ("build base", "build", "container lint", "lint", "disk", "vm", "status", "boot update"):
         assert verb in out
 
 

@@ -26,6 +26,7 @@ from imagemode.oci.reference import ImageRef, Transport
 from imagemode.store import layers
 from imagemode.store.ostree import Repo
 
+REF_NAME = "org.opencontainers.image.ref.name"
 LAYER_REF = "imagemode/layer/"
 IMAGE_REF = "imagemode/image/"
 FACTORY_VAR = "usr/share/factory/var"
@@ -68,9 +69,17 @@ class OciImage:
         return ids
 
 
-def read_layout(path: Path) -> OciImage:
+def read_layout(path: Path, tag: str | None = None) -> OciImage:
+    """The image tagged `tag` in an OCI layout (or its only image)."""
     index = json.loads((path / "index.json").read_text())
-    desc = index["manifests"][0]
+    manifests = index["manifests"]
+    if tag is not None:
+        manifests = [m for m in manifests if m.get("annotations", {}).get(REF_NAME) == tag]
+    if len(manifests) != 1:
+        raise ImportError_(
+            f"{path}: expected one image{f' tagged {tag}' if tag else ''}, found {len(manifests)}"
+        )
+    desc = manifests[0]
     mpath = path / "blobs" / desc["digest"].replace(":", "/", 1)
     manifest = json.loads(mpath.read_text())
     if "layers" not in manifest:
@@ -80,10 +89,10 @@ def read_layout(path: Path) -> OciImage:
 
 
 def fetch(src: ImageRef, work: Path) -> OciImage:
-    """Copy `src` into an OCI layout under `work`, digests preserved."""
-    dest = ImageRef(Transport.OCI, path=os.fspath(work / "oci"), tag="image")
-    storage.copy(src, dest, preserve_digests=True)
-    return read_layout(work / "oci")
+    """Copy `src` into a new OCI layout under `work`, digests preserved."""
+    layout = Path(tempfile.mkdtemp(prefix="oci-", dir=work))
+    storage.copy(src, ImageRef(Transport.OCI, path=os.fspath(layout), tag="image"), preserve_digests=True)
+    return read_layout(layout, "image")
 
 
 def ref_for(image: ImageRef | str) -> str:
@@ -235,4 +244,7 @@ def import_image(
     repo: Repo, src: ImageRef, work: Path, on_layer: Callable[[int, int, bool], None] | None = None
 ) -> ImportResult:
     img = fetch(src, work)
-    return import_oci(repo, img, src.skopeo, work, on_layer)
+    try:
+        return import_oci(repo, img, src.skopeo, work, on_layer)
+    finally:
+        shutil.rmtree(img.layout, ignore_errors=True)
