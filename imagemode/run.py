@@ -11,6 +11,7 @@ import collections
 import logging
 import os
 import shlex
+import shutil
 import subprocess
 import threading
 import time
@@ -218,6 +219,4 @@ def disk_watchdog(path: PathString, min_free: int = 1 << 20) -> Callable[[], str
 
 def which(program: str) -> str | None:
     """The path of `program` on PATH, or None."""
-    import shutil
-
     return shutil.which(program)

@@ -60,10 +60,6 @@ def untag(ref: ImageRef | str) -> None:
     run(["podman", "untag", str(ref), str(ref)], check=False)
 
 
-def remove(ref: ImageRef | str) -> None:
-    run(["podman", "rmi", "--force", str(ref)], check=False)
-
-
 @contextlib.contextmanager
 def mounted(ref: ImageRef) -> Iterator[Path]:
     """The merged root filesystem of a local image, read-only in spirit, for the time of the block."""

@@ -70,12 +70,6 @@ class Repo:
             return None
         return _unquote_gvariant_string(out)
 
-    def delete_ref(self, ref: str) -> None:
-        self._ostree("refs", "--delete", ref)
-
-    def prune(self, *, refs_only: bool = True) -> str:
-        return self._ostree("prune", *(["--refs-only"] if refs_only else []))
-
 
 def _unquote_gvariant_string(text: str) -> str:
     """`ostree show --print-metadata-key` prints GVariant text: a quoted string with escapes."""
