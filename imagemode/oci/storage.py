@@ -37,6 +37,21 @@ def copy(
     run([*cmd, s, d])
 
 
+def manifest_and_config(ref: ImageRef) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
+    """(manifest digest, manifest, config) without copying any layer, or None for a manifest list.
+
+    The digest is the sha256 of the manifest's raw bytes, which is how podman and registries name it.
+    """
+    import hashlib
+
+    raw = run(["skopeo", "inspect", "--raw", ref.skopeo]).stdout
+    manifest: dict[str, Any] = json.loads(raw)
+    if "layers" not in manifest:
+        return None  # a list: the full copy picks this machine's platform
+    config: dict[str, Any] = json.loads(run(["skopeo", "inspect", "--config", "--raw", ref.skopeo]).stdout)
+    return f"sha256:{hashlib.sha256(raw.encode()).hexdigest()}", manifest, config
+
+
 def exists(ref: ImageRef) -> bool:
     return run(["podman", "image", "exists", str(ref)], check=False).returncode == 0
 

@@ -114,9 +114,13 @@ class ImportResult:
     layers_imported: int
 
 
+def layer_ref(diff_id: str) -> str:
+    return LAYER_REF + diff_id.replace(":", "/")
+
+
 def _layer_commit(repo: Repo, img: OciImage, desc: dict[str, Any], diff_id: str, work: Path) -> bool:
     """Commit one layer unless the repo has it. Returns True when it was imported now."""
-    ref = LAYER_REF + diff_id.replace(":", "/")
+    ref = layer_ref(diff_id)
     if repo.resolve(ref):
         return False
     tree = _tempdir(work, "layer-")
@@ -200,7 +204,7 @@ def import_oci(
     merged = _tempdir(work, "merged-")
     try:
         for diff_id in img.diff_ids:
-            ref = LAYER_REF + diff_id.replace(":", "/")
+            ref = layer_ref(diff_id)
             wh = json.loads(repo.metadata(ref, META_WHITEOUTS) or "{}")
             layers.apply_whiteouts(merged, layers.Whiteouts(wh.get("deleted", []), wh.get("opaque", [])))
             repo.checkout_union(ref, merged)
@@ -243,6 +247,21 @@ def _epoch(created: str) -> int | None:
 def import_image(
     repo: Repo, src: ImageRef, work: Path, on_layer: Callable[[int, int, bool], None] | None = None
 ) -> ImportResult:
+    """Import `src`. Layers are copied only when the store lacks one of them, and an image already
+    imported under the same digest is not merged again."""
+    found = storage.manifest_and_config(src)
+    if found is not None:
+        digest, manifest, config = found
+        ref = ref_for(src)
+        commit = repo.resolve(ref)
+        if commit and repo.metadata(commit, META_DIGEST) == digest:
+            n = len(config["rootfs"]["diff_ids"])
+            return ImportResult(
+                commit, ref, src.skopeo, digest, repo.metadata(commit, META_VERSION) or "", n, 0
+            )
+        img = OciImage(Path("/nonexistent"), digest, manifest, config)
+        if all(repo.resolve(layer_ref(d)) for d in img.diff_ids):
+            return import_oci(repo, img, src.skopeo, work, on_layer)  # every blob is in the store already
     img = fetch(src, work)
     try:
         return import_oci(repo, img, src.skopeo, work, on_layer)
