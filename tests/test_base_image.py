@@ -103,6 +103,17 @@ def test_second_build_reuses_cache(base_image: dict[str, str]) -> None:
     assert again["digest"] == base_image["digest"]  # reproducible manifest, not just the same layer
 
 
+def test_output_oci_layout(base_image: dict[str, str], tmp_path: Path) -> None:
+    """--output oci:DIR writes the same image (same manifest digest) as an OCI layout, and it lints."""
+    out = tmp_path / "layout"
+    imagemode("build", "base", "--output", f"oci:{out}")
+    inspected = subprocess.run(
+        ["skopeo", "inspect", f"oci:{out}"], capture_output=True, text=True, check=True
+    )
+    assert json.loads(inspected.stdout)["Digest"] == base_image["digest"]
+    assert "0 errors" in imagemode("lint", f"oci:{out}").stdout
+
+
 def test_plan_lists_packages_and_steps(base_image: dict[str, str]) -> None:
     plan = json.loads(imagemode("build", "base", "--plan", "--json").stdout)
     assert plan["os_layer_cached"] is True

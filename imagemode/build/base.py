@@ -269,7 +269,8 @@ def build(opts: BaseOptions, progress: Progress) -> BaseResult:
             storage.copy(src, opts.tag)
             if opts.output is not None:
                 Path(opts.output.path).parent.mkdir(parents=True, exist_ok=True)
-                storage.copy(src, opts.output)
+                # The same manifest, byte for byte: skopeo would otherwise gzip the layers for oci:.
+                storage.copy(src, opts.output, preserve_digests=True)
     info = storage.inspect(opts.tag)
     return BaseResult(
         tag=str(opts.tag),
