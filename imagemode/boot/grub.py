@@ -36,7 +36,7 @@ def _ostree_target(value: str) -> list[str]:
             f"  if [ ! -e $ostree_target ]; then set ostree_target={other}; fi"]  # fmt: skip
 
 
-def render(sysroot: Path, entries: list[bls.Entry], timeout: int = DEFAULT_TIMEOUT) -> str:
+def render(entries: list[bls.Entry], timeout: int = DEFAULT_TIMEOUT) -> str:
     lines = [
         "# Written by imagemode from /boot/loader/entries (ostree's BLS entries). Edits are overwritten.",
         "serial --unit=0 --speed=115200",
@@ -66,7 +66,7 @@ def render(sysroot: Path, entries: list[bls.Entry], timeout: int = DEFAULT_TIMEO
 def update(sysroot: Path, timeout: int = DEFAULT_TIMEOUT) -> Path:
     """Rewrite sysroot/boot/grub/grub.cfg from the current entries: temp file, fsync, rename, fsync dir."""
     boot = sysroot / "boot"
-    text = render(sysroot, bls.read(boot), timeout)
+    text = render(bls.read(boot), timeout)
     out = boot / GRUB_CFG
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and out.read_text() == text:

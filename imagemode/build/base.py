@@ -212,11 +212,10 @@ def write_imagemode_layer(dest: Path, epoch: int) -> Blob:
             shutil.copy(unit, units / unit.name)
             if "[Install]" in unit.read_text():
                 (wants / unit.name).symlink_to(f"../{unit.name}")
-        for p in root.rglob("*"):
+        for p in [root, *root.rglob("*")]:
+            if p.is_dir() and not p.is_symlink():
+                p.chmod(0o755)
             os.utime(p, (epoch, epoch), follow_symlinks=False)
-        for d in [root, *root.rglob("*")]:
-            if d.is_dir():
-                d.chmod(0o755)
         return write_layer(root, dest, epoch)
 
 

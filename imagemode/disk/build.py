@@ -71,13 +71,10 @@ PLAN = (
 
 def _commit_kargs(repo: Repo, commit: str, work: Path) -> list[str]:
     """The image's kargs.d, read from the commit without checking the whole tree out."""
-    d = work / "kargs-tree"
-    run(["ostree", f"--repo={repo.path}", "checkout", "--subpath=/usr/lib/bootc", commit, d], check=False)
-    tree = work / "kargs-root"
-    (tree / "usr/lib").mkdir(parents=True, exist_ok=True)
-    if d.is_dir():
-        d.rename(tree / "usr/lib/bootc")
-    return sr.image_kargs(tree)
+    d = work / "kargs.d"
+    # check=False: an image without kargs.d has no such subpath, and then no kernel arguments.
+    run(["ostree", f"--repo={repo.path}", "checkout", f"--subpath=/{sr.KARGS_D}", commit, d], check=False)
+    return sr.image_kargs(d)
 
 
 def build(opts: DiskOptions, progress: Progress) -> DiskResult:

@@ -20,12 +20,14 @@ from imagemode.store.ostree import Repo
 STATEROOT = "default"  # bootc's name for the stateroot
 
 
-def image_kargs(tree: Path) -> list[str]:
-    """Kernel arguments from the image's /usr/lib/bootc/kargs.d/*.toml, in file name order."""
+KARGS_D = "usr/lib/bootc/kargs.d"
+
+
+def image_kargs(kargs_d: Path) -> list[str]:
+    """Kernel arguments from an image's kargs.d/*.toml (bootc's /usr/lib/bootc/kargs.d), in name order."""
     out: list[str] = []
     arch = platform.machine()
-    d = tree / "usr/lib/bootc/kargs.d"
-    for f in sorted(d.glob("*.toml")) if d.is_dir() else []:
+    for f in sorted(kargs_d.glob("*.toml")) if kargs_d.is_dir() else []:
         data = tomllib.loads(f.read_text())
         arches = data.get("match-architectures")
         if arches and arch not in arches:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imagemode.build.lint import tmpfiles_paths
 from imagemode.errors import ImagemodeError
 from imagemode.oci import storage
 from imagemode.oci.reference import ImageRef, Transport
@@ -140,12 +141,6 @@ def _tempdir(work: Path, prefix: str) -> Path:
     return d
 
 
-def _tmpfiles_covered(tree: Path) -> set[str]:
-    from imagemode.build.lint import tmpfiles_paths
-
-    return set(tmpfiles_paths(tree))
-
-
 def ostree_layout(tree: Path) -> None:
     """The layout ostree deploys: /etc under /usr, /var as a factory copy recreated by tmpfiles.d."""
     if (tree / "usr/etc").exists():
@@ -153,7 +148,7 @@ def ostree_layout(tree: Path) -> None:
     if (tree / "etc").is_dir():
         os.rename(tree / "etc", tree / "usr/etc")
     var = tree / "var"
-    covered = _tmpfiles_covered(tree)
+    covered = tmpfiles_paths(tree)
     lines = []
     if var.is_dir():
         factory = tree / FACTORY_VAR
@@ -171,7 +166,7 @@ def ostree_layout(tree: Path) -> None:
                     lines.append(f"C {rel} - - - - /{FACTORY_VAR}/{entry.relative_to(factory)}")
             if children and f"/var/{first.name}" not in covered:
                 st = first.stat()
-                lines.insert(0, f"d /var/{first.name} {st.st_mode & 0o7777:04o} {st.st_uid} {st.st_gid} -")
+                lines.append(f"d /var/{first.name} {st.st_mode & 0o7777:04o} {st.st_uid} {st.st_gid} -")
     if lines:
         conf = tree / VAR_TMPFILES
         conf.parent.mkdir(parents=True, exist_ok=True)
