@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 import imagemode
 from imagemode.errors import ImagemodeError
+from imagemode.ui import human_size
 
 EXIT_USAGE = 2
 
@@ -26,14 +27,6 @@ class Parser(argparse.ArgumentParser):
 
 def _json_out(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=False))
-
-
-def _human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 # ---- build base -------------------------------------------------------------------------------------
@@ -78,7 +71,7 @@ def cmd_build_base(args: argparse.Namespace) -> int:
         width = max(len(x["name"]) for x in p["packages"])
         for x in p["packages"]:
             print(f"  {x['name']:<{width}}  {x['version']:<36} {x['installed_size_kib']:>8} KiB")
-        print(f"{len(p['packages'])} packages, {_human_size(p['total_installed_kib'] * 1024)} installed")
+        print(f"{len(p['packages'])} packages, {human_size(p['total_installed_kib'] * 1024)} installed")
         cache = "cached" if p["os_layer_cached"] else "not cached"
         print(f"Build steps (OS layer {cache}, key {p['cache_key'][:12]}):")
         for i, s in enumerate(p["steps"], 1):
@@ -94,7 +87,7 @@ def cmd_build_base(args: argparse.Namespace) -> int:
         _json_out(asdict(result))
     else:
         print(
-            f"{result.tag}\n  digest   {result.digest}\n  size     {_human_size(result.size_bytes)}"
+            f"{result.tag}\n  digest   {result.digest}\n  size     {human_size(result.size_bytes)}"
             f"\n  packages {result.packages}\n  OS layer {'cached' if result.cached else 'built'}"
             f" ({result.cache_key[:12]})\n  time     {result.seconds:.1f}s"
         )
@@ -174,7 +167,7 @@ def cmd_lint(args: argparse.Namespace) -> int:
 def cmd_disk(args: argparse.Namespace) -> int:
     from imagemode.build.base import DEFAULT_CACHE
     from imagemode.disk import build as disk
-    from imagemode.oci.reference import parse_local
+    from imagemode.oci.reference import parse, parse_local
     from imagemode.ui import Progress
 
     try:
@@ -187,6 +180,7 @@ def cmd_disk(args: argparse.Namespace) -> int:
         output=Path(args.output),
         cache_dir=Path(args.cache_dir or DEFAULT_CACHE),
         config=Path(args.config) if args.config else None,
+        target=parse(args.target_imgref) if args.target_imgref else None,
     )
     progress = Progress(len(disk.PLAN), quiet=args.json)
     result = disk.build(opts, progress)
@@ -194,9 +188,9 @@ def cmd_disk(args: argparse.Namespace) -> int:
     if args.json:
         _json_out({**result.__dict__, "seconds": round(total, 1)})
         return 0
-    print(f"from {result.image}\n  digest {result.image_digest}")
+    print(f"from {result.image}\n  digest {result.image_digest}\n  follows {result.target}")
     for path, size in result.files.items():
-        print(f"  {path}  {_human_size(size)}")
+        print(f"  {path}  {human_size(size)}")
     if result.ssh_key:
         print(
             f"  log in: imagemode vm {next(iter(result.files))} (root, with {args.output}/{result.ssh_key})"
@@ -258,6 +252,169 @@ def cmd_boot_update(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"wrote {out}")
     return 0
+
+
+# ---- device side: upgrade, switch, rollback, prune ---------------------------------------------------
+
+
+def _reboot() -> None:
+    from imagemode.run import run
+
+    print("rebooting", file=sys.stderr)
+    run(["systemctl", "reboot"])
+
+
+def _update(args: argparse.Namespace, image: Any) -> int:
+    from imagemode.host import update as up
+    from imagemode.ui import Transfer
+
+    if args.apply and getattr(args, "download_only", False):
+        raise ImagemodeError("--apply and --download-only contradict each other")
+    if args.apply and getattr(args, "check", False):
+        raise ImagemodeError("--apply and --check contradict each other")
+    opts = up.UpdateOptions(
+        image=image,
+        check=getattr(args, "check", False),
+        download_only=getattr(args, "download_only", False),
+        from_downloaded=getattr(args, "from_downloaded", False),
+    )
+    quiet = args.quiet or args.json
+    say = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr))
+    r = up.update(opts, on_bytes=Transfer("fetching", quiet=quiet), say=say)
+    if args.json:
+        _json_out(r.to_dict())
+    elif not args.quiet:
+        Out = up.Outcome
+        what = f"{r.image} {r.digest}" + (f" (version {r.version})" if r.version else "")
+        if r.outcome is Out.NO_UPDATE:
+            print(f"no update available: {what} is booted")
+        elif r.outcome is Out.AVAILABLE:
+            print(f"update available: {what}\n  imagemode upgrade stages it")
+        elif r.outcome is Out.RETARGETED:
+            print(f"{r.image} is the booted image: the device now follows it (no new deployment)")
+        elif r.outcome is Out.ALREADY_STAGED:
+            print(f"already staged: {what}; it boots at the next restart")
+        else:
+            fetched = (
+                f"fetched {r.layers_fetched} of {r.layers_total} layers ({human_size(r.bytes_fetched)})"
+                if r.layers_total else "applied the downloaded update"
+            )  # fmt: skip
+            print(f"staged {what}\n  {fetched} in {r.seconds:.1f}s; freed {human_size(r.pruned_bytes)}")
+            if r.outcome is Out.DOWNLOADED:
+                print("  download only: not applied at shutdown; apply: imagemode upgrade --from-downloaded")
+            else:
+                print("  it boots at the next restart; imagemode rollback undoes it")
+    if args.apply and r.outcome in (up.Outcome.STAGED, up.Outcome.ALREADY_STAGED):
+        _reboot()
+    return 0
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    return _update(args, None)
+
+
+def cmd_switch(args: argparse.Namespace) -> int:
+    from imagemode.oci.reference import parse
+
+    return _update(args, parse(args.image, args.transport))
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from imagemode.host.rollback import rollback
+
+    r = rollback()
+    if args.json:
+        _json_out(r.__dict__)
+    elif r.queued:
+        print(f"next boot: {r.image} {r.digest} (the rollback deployment)")
+    else:
+        print(f"rollback undone: next boot is the booted deployment again, {r.image}")
+    if r.discarded_staged and not args.json:
+        print("  the staged deployment was discarded")
+    if args.apply:
+        _reboot()
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from imagemode.host.prune import prune
+
+    r = prune()
+    if args.json:
+        _json_out(r)
+    else:
+        print(
+            f"freed {human_size(r['bytes_freed'])}: {r['refs_removed']} image and layer refs,"
+            f" {r['deployments_removed']} deployments"
+        )
+    return 0
+
+
+def _update_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--apply", action="store_true", help="reboot into the update once it is staged")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _device_verbs(sub: Any) -> None:
+    u = _verb(
+        sub,
+        "upgrade",
+        help="fetch the image the device follows and stage it for the next boot",
+        description="Read the followed image's manifest; if it changed, fetch the layers the store "
+        "lacks, import them, check /etc, and stage a deployment that ostree finalizes at shutdown. "
+        "The booted system is not touched. See docs/upgrade.md.",
+    )
+    u.add_argument(
+        "--check", action="store_true", help="only read the manifest; status shows it as cachedUpdate"
+    )
+    u.add_argument(
+        "--download-only",
+        action="store_true",
+        help="stage, but do not apply at shutdown (apply later with --from-downloaded)",
+    )
+    u.add_argument(
+        "--from-downloaded", action="store_true", help="apply the update staged by --download-only"
+    )
+    _update_flags(u)
+    u.set_defaults(func=cmd_upgrade)
+
+    sw = _verb(
+        sub,
+        "switch",
+        help="follow another image, and stage it",
+        description="Like upgrade, to a new image reference, which becomes spec.image. A switch to the "
+        "booted image under another name only changes what the device follows.",
+    )
+    sw.add_argument("image", metavar="IMAGE", help="e.g. registry.example.com/os:stable, oci:/path")
+    sw.add_argument(
+        "--transport",
+        metavar="T",
+        help="registry (default), oci, oci-archive or containers-storage",
+    )
+    _update_flags(sw)
+    sw.set_defaults(func=cmd_switch)
+
+    rb = _verb(
+        sub,
+        "rollback",
+        help="boot the rollback deployment next (again: undo)",
+        description="Make the rollback deployment the next boot; a second rollback before the reboot "
+        "undoes the first. A staged deployment is discarded.",
+    )
+    rb.add_argument("--apply", action="store_true", help="reboot now")
+    rb.add_argument("--json", action="store_true", help="print the result as JSON")
+    rb.set_defaults(func=cmd_rollback)
+
+    pr = _verb(
+        sub,
+        "prune",
+        help="remove deployments and store content that nothing needs",
+        description="Undeploy all but the booted, rollback and staged deployments (pinned ones stay), "
+        "remove the images and layers no deployment uses, and print the space freed.",
+    )
+    pr.add_argument("--json", action="store_true", help="print the result as JSON")
+    pr.set_defaults(func=cmd_prune)
 
 
 # ---- parser -----------------------------------------------------------------------------------------
@@ -361,6 +518,10 @@ def build_parser() -> Parser:
         "  disk            turn a bootable image into a disk (raw, qcow2, vmdk, vhd)\n"
         "  vm              boot a disk in QEMU, log in over SSH\n"
         "  status          the booted, staged and rollback deployments (device side)\n"
+        "  upgrade         fetch and stage the image the device follows (device side)\n"
+        "  switch          follow another image, and stage it (device side)\n"
+        "  rollback        boot the rollback deployment next (device side)\n"
+        "  prune           remove what no deployment needs (device side)\n"
         "  boot update     rewrite the GRUB menu from ostree's entries (device side)\n\n"
         "Run 'imagemode VERB --help' for a verb's options.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -427,6 +588,12 @@ def build_parser() -> Parser:
     d.add_argument(
         "--cache-dir", metavar="DIR", help="store and work directory (default: /var/cache/imagemode)"
     )
+    d.add_argument(
+        "--target-imgref",
+        metavar="REF",
+        help="the image the device follows for updates, e.g. registry.example.com/os:stable"
+        " (default: IMAGE)",
+    )
     d.add_argument("--json", action="store_true", help="print the result as JSON")
     d.set_defaults(func=cmd_disk)
 
@@ -479,6 +646,8 @@ def build_parser() -> Parser:
     bu.add_argument("--sysroot", default="/sysroot", metavar="DIR", help="default: /sysroot")
     bu.add_argument("--quiet", action="store_true")
     bu.set_defaults(func=cmd_boot_update)
+
+    _device_verbs(sub)
 
     al = _verb(
         sub, "lint", help="alias of 'container lint'", description="Alias of 'imagemode container lint'."

@@ -39,12 +39,13 @@ PACKAGE_OF = {
     "systemctl": "systemd",
     "qemu-system-x86_64": "qemu-system-x86",
     "qemu-img": "qemu-utils",
+    "socat": "socat",
+    "docker-registry": "docker-registry",
     "sgdisk": "gdisk",
     "mkfs.ext4": "e2fsprogs",
     "mkfs.vfat": "dosfstools",
     "mcopy": "mtools",
     "mmd": "mtools",
-    "docker-registry": "docker-registry",
 }
 
 STDERR_TAIL_LINES = 12

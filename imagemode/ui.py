@@ -75,3 +75,51 @@ class Progress:
         total = time.monotonic() - self.started
         self._print(f"{what} in {total:.1f}s")
         return total
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    m, s = divmod(int(seconds), 60)
+    return f"{m}:{s:02d}"
+
+
+class Transfer:
+    """Bytes coming in: a bar with bytes, rate and ETA on a terminal; a line every 30 s otherwise."""
+
+    def __init__(self, what: str, *, quiet: bool = False, stream: Any = None) -> None:
+        self.what = what
+        self.quiet = quiet
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty()
+        self._logged = 0.0
+        self._finished = False
+
+    def __call__(self, done: int, total: int, elapsed: float) -> None:
+        if self.quiet or self._finished:
+            return
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (total - done) / rate if rate > 0 else None
+        if self.tty:
+            width = 24
+            filled = width if not total else int(width * done / total)
+            self.stream.write(
+                f"\r{self.what} [{'#' * filled}{'.' * (width - filled)}] {human_size(done)} / "
+                f"{human_size(total)}  {human_size(rate)}/s  ETA {_clock(eta)}  "
+            )
+            if done >= total:
+                self.stream.write("\n")
+            self.stream.flush()
+        elif done >= total or elapsed - self._logged >= 30:
+            self._logged = elapsed
+            line = f"{self.what}: {human_size(done)} of {human_size(total)} in {elapsed:.0f}s"
+            print(line, file=sys.stderr)
+        self._finished = done >= total

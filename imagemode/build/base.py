@@ -210,8 +210,11 @@ def write_imagemode_layer(dest: Path, epoch: int) -> Blob:
         wants.mkdir(parents=True)
         for unit in sorted((pkg / "data/units").glob("imagemode-*")):
             shutil.copy(unit, units / unit.name)
-            if "[Install]" in unit.read_text():
+            # Only units wanted by multi-user.target are enabled; the upgrade timer ships disabled.
+            if "WantedBy=multi-user.target" in unit.read_text():
                 (wants / unit.name).symlink_to(f"../{unit.name}")
+        for dropin in sorted((pkg / "data/units").glob("*.d")):
+            shutil.copytree(dropin, units / dropin.name)
         for p in [root, *root.rglob("*")]:
             if p.is_dir() and not p.is_symlink():
                 p.chmod(0o755)

@@ -18,14 +18,6 @@ from imagemode.oci.reference import ImageRef, Transport, local_tag
 from imagemode.run import run
 
 
-class LintFailedError(ImagemodeError):
-    def __init__(self, report: lint.Report) -> None:
-        self.report = report
-        first = report.errors[0] if report.errors else report.warnings[0]
-        more = len(report.errors) + len(report.warnings) - 1
-        super().__init__(f"{report.image} fails lint: {first}" + (f" (and {more} more)" if more > 0 else ""))
-
-
 def isolation() -> str:
     """crun refuses to run without cgroup v2 ("cgroups in hybrid mode not supported"): chroot works."""
     return "oci" if Path("/sys/fs/cgroup/cgroup.controllers").exists() else "chroot"
@@ -86,7 +78,7 @@ def build(opts: BuildOptions, on_line: Callable[[str], None] | None = None) -> l
         if report is not None:
             report.image = str(opts.tag)
         if report is not None and (report.errors or (opts.fatal_warnings and report.warnings)):
-            raise LintFailedError(report)
+            raise lint.LintFailedError(report)
         storage.tag(str(temp), opts.tag)
         return report
     finally:

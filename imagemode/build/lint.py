@@ -9,9 +9,11 @@ from __future__ import annotations
 import enum
 import os
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from imagemode.errors import ImagemodeError
 
 MAX_LISTED = 5
 
@@ -109,23 +111,32 @@ def check_run_tmp_empty(root: Path, labels: Labels) -> list[str]:
     return out
 
 
+def parse_tmpfiles(texts: Iterable[str]) -> dict[str, str]:
+    """Path -> tmpfiles.d line type, from the texts of tmpfiles.d files in order (later ones win)."""
+    entries: dict[str, str] = {}
+    for text in texts:
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) >= 2 and not fields[0].startswith("#"):
+                entries[os.path.normpath(fields[1])] = fields[0].rstrip("!+-=~^")
+    return entries
+
+
+TMPFILES_DIRS = ("usr/lib/tmpfiles.d", "etc/tmpfiles.d")
+
+
 def tmpfiles_paths(root: Path) -> dict[str, str]:
     """Path -> tmpfiles.d line type, from every tmpfiles.d directory of the image (later files win)."""
-    entries: dict[str, str] = {}
-    for d in ("usr/lib/tmpfiles.d", "etc/tmpfiles.d"):
-        base = root / d
-        if not base.is_dir():
-            continue
-        for f in sorted(base.glob("*.conf")):
-            try:
-                text = f.read_text(errors="replace")
-            except OSError:
-                continue
-            for line in text.splitlines():
-                fields = line.split()
-                if len(fields) >= 2 and not fields[0].startswith("#"):
-                    entries[os.path.normpath(fields[1])] = fields[0].rstrip("!+-=~^")
-    return entries
+
+    def texts() -> Iterator[str]:
+        for d in TMPFILES_DIRS:
+            for f in sorted((root / d).glob("*.conf")) if (root / d).is_dir() else []:
+                try:
+                    yield f.read_text(errors="replace")
+                except OSError:
+                    continue
+
+    return parse_tmpfiles(texts())
 
 
 # Build-time state of package managers, content whose loss on a device is harmless by definition, and
@@ -288,6 +299,14 @@ RULES: tuple[Rule, ...] = (
     Rule("fstab-root", Level.WARNING, "/etc/fstab has no entry for /", check_fstab_root),
     Rule("boot-empty", Level.WARNING, "/boot is empty", check_boot_empty),
 )
+
+
+class LintFailedError(ImagemodeError):
+    def __init__(self, report: Report) -> None:
+        self.report = report
+        first = report.errors[0] if report.errors else report.warnings[0]
+        more = len(report.errors) + len(report.warnings) - 1
+        super().__init__(f"{report.image} fails lint: {first}" + (f" (and {more} more)" if more > 0 else ""))
 
 
 def lint_tree(root: Path, labels: Labels, image: str = "") -> Report:

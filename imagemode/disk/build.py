@@ -15,7 +15,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imagemode.build.containerfile import LintFailedError, lint_image
+from imagemode.boot import kargs
+from imagemode.build.containerfile import lint_image
+from imagemode.build.lint import LintFailedError
 from imagemode.disk import config as diskconfig
 from imagemode.disk import image as diskimage
 from imagemode.disk import sysroot as sr
@@ -46,6 +48,7 @@ class DiskOptions:
     output: Path
     cache_dir: Path
     config: Path | None = None
+    target: ImageRef | None = None  # what the device updates from; default: `image`
 
 
 @dataclass
@@ -58,6 +61,7 @@ class DiskResult:
     ssh_key: str | None = None
     layers_imported: int = 0
     layers_total: int = 0
+    target: str = ""  # the image the device follows (its origin)
 
 
 PLAN = (
@@ -67,14 +71,6 @@ PLAN = (
     ("customize", "users, SSH keys and the GRUB menu"),
     ("disk", "GPT with ESP (standalone GRUB) and ext4 root by mkfs.ext4 -d; convert"),
 )
-
-
-def _commit_kargs(repo: Repo, commit: str, work: Path) -> list[str]:
-    """The image's kargs.d, read from the commit without checking the whole tree out."""
-    d = work / "kargs.d"
-    # check=False: an image without kargs.d has no such subpath, and then no kernel arguments.
-    run(["ostree", f"--repo={repo.path}", "checkout", f"--subpath=/{sr.KARGS_D}", commit, d], check=False)
-    return sr.image_kargs(d)
 
 
 def build(opts: DiskOptions, progress: Progress) -> DiskResult:
@@ -95,17 +91,26 @@ def build(opts: DiskOptions, progress: Progress) -> DiskResult:
                 repo, opts.image, work, on_layer=lambda i, n, new: progress.line(f"layer {i}/{n}")
             )
         root_uuid = str(uuid.uuid4())
-        kargs = [f"root=UUID={root_uuid}", "rw", *_commit_kargs(repo, imp.commit, work), *cfg.kernel_append]
+        cmdline = [
+            f"root=UUID={root_uuid}",
+            "rw",
+            *kargs.commit_kargs(repo, imp.commit, work),
+            *cfg.kernel_append,
+        ]
+        follows = opts.target.skopeo if opts.target else imp.image
         with progress.step(*PLAN[2]):
             sysroot.mkdir()
-            deployment = sr.deploy(sysroot, repo, imp.commit, imp.ref, imp.image, kargs)
+            deployment = sr.deploy(
+                sysroot, repo, imp.commit, importer.ref_for(follows), follows, cmdline, imp.layer_refs
+            )
         result = DiskResult(
             imp.image,
             imp.manifest_digest,
             root_uuid,
-            kargs,
+            cmdline,
             layers_imported=imp.layers_imported,
             layers_total=imp.layers_total,
+            target=follows,
         )
         with progress.step(*PLAN[3]):
             users = list(cfg.users)

@@ -7,44 +7,28 @@ customizations: users, SSH keys, kernel arguments, and the GRUB menu.
 from __future__ import annotations
 
 import os
-import platform
 import shutil
-import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 
 from imagemode.boot import grub
 from imagemode.disk.config import ConfigError, DiskConfig, User
+from imagemode.host.origin import origin
 from imagemode.run import RunError, run
 from imagemode.store.ostree import Repo
 
 STATEROOT = "default"  # bootc's name for the stateroot
 
 
-KARGS_D = "usr/lib/bootc/kargs.d"
-
-
-def image_kargs(kargs_d: Path) -> list[str]:
-    """Kernel arguments from an image's kargs.d/*.toml (bootc's /usr/lib/bootc/kargs.d), in name order."""
-    out: list[str] = []
-    arch = platform.machine()
-    for f in sorted(kargs_d.glob("*.toml")) if kargs_d.is_dir() else []:
-        data = tomllib.loads(f.read_text())
-        arches = data.get("match-architectures")
-        if arches and arch not in arches:
-            continue
-        out.extend(data.get("kargs", []))
-    return out
-
-
-def origin(image: str) -> str:
-    # bootc's origin key, so tools that read origins understand ours; the image is what we fetched.
-    return (
-        f"[origin]\ncontainer-image-reference=ostree-unverified-image:{image}\n\n"
-        f"[imagemode]\nimage={image}\n"
-    )
-
-
-def deploy(sysroot: Path, source: Repo, commit: str, ref: str, image: str, kargs: list[str]) -> Path:
+def deploy(
+    sysroot: Path,
+    source: Repo,
+    commit: str,
+    ref: str,
+    image: str,
+    kargs: list[str],
+    layer_refs: Sequence[str] = (),
+) -> Path:
     """Deploy `commit` from `source` into the empty directory `sysroot`. Returns the deployment dir.
 
     Kernel arguments are appended, not set: `--karg` replaces an argument of the same key, which would
@@ -56,6 +40,9 @@ def deploy(sysroot: Path, source: Repo, commit: str, ref: str, image: str, kargs
     run(["ostree", f"--repo={repo.path}", "config", "set", "sysroot.bootloader", "none"])
     run(["ostree", f"--repo={repo.path}", "pull-local", source.path, commit])
     run(["ostree", f"--repo={repo.path}", "refs", f"--create={ref}", commit])
+    if layer_refs:
+        # The device's store starts with the image's layers, so its first update fetches only new ones.
+        run(["ostree", f"--repo={repo.path}", "pull-local", source.path, *layer_refs])
     origin_file = sysroot.parent / "origin"
     origin_file.write_text(origin(image))
     run(["ostree", "admin", "deploy", f"--sysroot={sysroot}", f"--os={STATEROOT}",

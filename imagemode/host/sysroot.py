@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from imagemode.errors import ImagemodeError
+from imagemode.host import origin as origins
 from imagemode.host.status import Deployment
 from imagemode.store import importer
+from imagemode.store.libostree import BindingsMissingError, gi
+
+STATEROOT = "default"
+REPO = Path("/sysroot/ostree/repo")
+# Work files live beside the repo, on the same mount: checkouts hard-link from it (/var is another
+# mount of the same filesystem, and link() refuses to cross mounts).
+WORK = Path("/sysroot/ostree/imagemode")
+CACHED_UPDATE = Path("/var/lib/imagemode/cached-update.json")
+# A staged deployment that ostree-finalize-staged.service must leave alone at shutdown (its drop-in
+# checks this file): `upgrade --download-only`. It lives in /run, as the staged deployment does.
+DOWNLOAD_ONLY = Path("/run/imagemode/download-only")
 
 
 class NotADeviceError(ImagemodeError):
@@ -17,77 +31,128 @@ class NotADeviceError(ImagemodeError):
 
 def _ostree() -> Any:
     try:
-        import gi
-
-        gi.require_version("OSTree", "1.0")
-        from gi.repository import OSTree
-    except (ImportError, ValueError) as e:
-        raise NotADeviceError(
-            "libostree's Python bindings are missing (python3-gi, gir1.2-ostree-1.0); this runs on a device"
-        ) from e
-    return OSTree
-
-
-def load(path: str = "/") -> Any:
-    ostree = _ostree()
-    from gi.repository import Gio
-
-    sysroot = ostree.Sysroot.new(Gio.File.new_for_path(path))
-    sysroot.load(None)
-    return sysroot
-
-
-def _meta(commit: Any, key: str) -> str | None:
-    from gi.repository import GLib
-
-    v = commit.get_child_value(0).lookup_value(key, GLib.VariantType.new("s"))
-    return v.get_string() if v is not None else None
-
-
-def describe(sysroot: Any, dep: Any) -> Deployment:
-    ostree = _ostree()
-    repo = sysroot.repo()
-    csum = dep.get_csum()
-    _, commit, _ = repo.load_commit(csum)
-    image = _meta(commit, importer.META_IMAGE) or ""
-    config = json.loads(_meta(commit, importer.META_CONFIG) or "{}")
-    origin = dep.get_origin()
-    download_only = False
-    if origin is not None:
-        from gi.repository import GLib
-
-        try:
-            download_only = bool(origin.get_boolean("imagemode", "download-only"))
-        except GLib.Error:  # no such group or key: not download-only
-            pass
-    return Deployment(
-        stateroot=dep.get_osname(),
-        checksum=csum,
-        serial=dep.get_deployserial(),
-        image=image,
-        digest=_meta(commit, importer.META_DIGEST) or "",
-        version=_meta(commit, importer.META_VERSION),
-        timestamp=ostree.commit_get_timestamp(commit),
-        architecture=config.get("architecture", ""),
-        pinned=dep.is_pinned(),
-        download_only=download_only,
-    )
+        return gi().OSTree
+    except BindingsMissingError as e:
+        raise NotADeviceError(f"{e}; this runs on a device") from None
 
 
 def booted_path() -> bool:
     return Path("/run/ostree-booted").exists()
 
 
-CACHED_UPDATE = Path("/var/lib/imagemode/cached-update.json")
+def require_booted() -> None:
+    if not booted_path():
+        raise NotADeviceError("this system was not booted from an ostree deployment (no /run/ostree-booted)")
 
 
-def _same(a: Any, b: Any) -> bool:
+def load(path: str = "/") -> Any:
+    ostree = _ostree()
+    sysroot = ostree.Sysroot.new(gi().Gio.File.new_for_path(path))
+    sysroot.load(None)
+    return sysroot
+
+
+@contextlib.contextmanager
+def locked(path: str = "/") -> Iterator[Any]:
+    """The loaded sysroot, with ostree's sysroot lock held: one update at a time, timer or not."""
+    sysroot = load(path)
+    _, acquired = sysroot.try_lock()
+    if not acquired:
+        raise ImagemodeError("another update holds the sysroot lock (/sysroot/ostree/lock); try again later")
+    try:
+        sysroot.load(None)  # what another holder of the lock changed before we got it
+        yield sysroot
+    finally:
+        sysroot.unlock()
+
+
+def commit_meta(sysroot: Any, csum: str, key: str) -> str | None:
+    _, commit, _ = sysroot.repo().load_commit(csum)
+    v = commit.get_child_value(0).lookup_value(key, gi().GLib.VariantType.new("s"))
+    return v.get_string() if v is not None else None
+
+
+def config_of(sysroot: Any, csum: str) -> dict[str, Any]:
+    config: dict[str, Any] = json.loads(commit_meta(sysroot, csum, importer.META_CONFIG) or "{}")
+    return config
+
+
+def origin_image(dep: Any) -> str | None:
+    """The image a deployment follows, from its origin file."""
+    kf = dep.get_origin()
+    if kf is None:
+        return None
+    text, _ = kf.to_data()
+    return origins.image_of(text)
+
+
+def deployment_dir(sysroot: Any, dep: Any) -> Path:
+    return Path(sysroot.get_path().get_path()) / str(sysroot.get_deployment_dirpath(dep))
+
+
+def kargs_of(dep: Any) -> list[str]:
+    bootconfig = dep.get_bootconfig()
+    options = bootconfig.get("options") if bootconfig is not None else None
+    return options.split() if options else []
+
+
+def same(a: Any, b: Any) -> bool:
     return (
         a is not None
         and b is not None
         and a.get_csum() == b.get_csum()
         and (a.get_deployserial() == b.get_deployserial())
     )
+
+
+def download_only(dep: Any) -> bool:
+    try:
+        return DOWNLOAD_ONLY.read_text().strip() == f"{dep.get_csum()}.{dep.get_deployserial()}"
+    except FileNotFoundError:
+        return False
+
+
+def describe(sysroot: Any, dep: Any, staged: bool = False) -> Deployment:
+    ostree = _ostree()
+    csum = dep.get_csum()
+    _, commit, _ = sysroot.repo().load_commit(csum)
+    return Deployment(
+        stateroot=dep.get_osname(),
+        checksum=csum,
+        serial=dep.get_deployserial(),
+        image=origin_image(dep) or commit_meta(sysroot, csum, importer.META_IMAGE) or "",
+        digest=commit_meta(sysroot, csum, importer.META_DIGEST) or "",
+        version=commit_meta(sysroot, csum, importer.META_VERSION),
+        timestamp=ostree.commit_get_timestamp(commit),
+        architecture=config_of(sysroot, csum).get("architecture", ""),
+        pinned=dep.is_pinned(),
+        download_only=staged and download_only(dep),
+    )
+
+
+def rollback_of(sysroot: Any) -> Any:
+    """The deployment a rollback would boot: the first one after the booted one, else the first."""
+    booted = sysroot.get_booted_deployment()
+    staged = sysroot.get_staged_deployment()
+    rest = [d for d in sysroot.get_deployments() if not same(d, staged) and not same(d, booted)]
+    return rest[0] if rest else None
+
+
+def rollback_queued(sysroot: Any) -> bool:
+    """The next boot takes the first deployment: when it is neither booted nor staged, a rollback waits."""
+    booted = sysroot.get_booted_deployment()
+    staged = sysroot.get_staged_deployment()
+    deps = [d for d in sysroot.get_deployments() if not same(d, staged)]
+    return staged is None and bool(deps) and not same(deps[0], booted)
+
+
+def read_cached_update(booted_digest: str) -> dict[str, Any] | None:
+    """What `upgrade --check` found, while it still differs from what is booted."""
+    try:
+        cached: dict[str, Any] = json.loads(CACHED_UPDATE.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return cached if cached.get("imageDigest") != booted_digest else None
 
 
 def read_status(path: str = "/") -> dict[str, Any]:
@@ -98,18 +163,15 @@ def read_status(path: str = "/") -> dict[str, Any]:
     sysroot = load(path)
     booted = sysroot.get_booted_deployment()
     staged = sysroot.get_staged_deployment()
-    deployments = list(sysroot.get_deployments())
-    _, rollback = sysroot.query_deployments_for(None)
-    # The next boot takes the first deployment: when it is neither booted nor staged, a rollback waits.
-    queued = bool(deployments) and staged is None and not _same(deployments[0], booted)
+    rollback = rollback_of(sysroot)
     known = [d for d in (booted, staged, rollback) if d is not None]
-    others = [d for d in deployments if not any(_same(d, k) for k in known)]
-    cached = json.loads(CACHED_UPDATE.read_text()) if CACHED_UPDATE.exists() else None
+    others = [d for d in sysroot.get_deployments() if not any(same(d, k) for k in known)]
+    b = describe(sysroot, booted) if booted else None
     return host_status(
-        describe(sysroot, booted) if booted else None,
-        describe(sysroot, staged) if staged else None,
+        b,
+        describe(sysroot, staged, staged=True) if staged else None,
         describe(sysroot, rollback) if rollback else None,
-        rollback_queued=queued,
-        cached_update=cached,
+        rollback_queued=rollback_queued(sysroot),
+        cached_update=read_cached_update(b.digest) if b else None,
         other=[describe(sysroot, d) for d in others],
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ def copy(
     preserve_digests: bool = False,
     src_tls_verify: bool = True,
     dest_tls_verify: bool = True,
+    src_authfile: Path | None = None,
+    watchdog: Callable[[], str | None] | None = None,
 ) -> None:
     s = src.skopeo if isinstance(src, ImageRef) else src
     d = dest.skopeo if isinstance(dest, ImageRef) else dest
@@ -34,22 +36,17 @@ def copy(
         cmd.append("--src-tls-verify=false")
     if not dest_tls_verify:
         cmd.append("--dest-tls-verify=false")
-    run([*cmd, s, d])
+    if src_authfile is not None:
+        cmd.append(f"--src-authfile={src_authfile}")
+    run([*cmd, s, d], watchdog=watchdog)
 
 
-def manifest_and_config(ref: ImageRef) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
-    """(manifest digest, manifest, config) without copying any layer, or None for a manifest list.
-
-    The digest is the sha256 of the manifest's raw bytes, which is how podman and registries name it.
-    """
-    import hashlib
-
-    raw = run(["skopeo", "inspect", "--raw", ref.skopeo]).stdout
-    manifest: dict[str, Any] = json.loads(raw)
-    if "layers" not in manifest:
-        return None  # a list: the full copy picks this machine's platform
-    config: dict[str, Any] = json.loads(run(["skopeo", "inspect", "--config", "--raw", ref.skopeo]).stdout)
-    return f"sha256:{hashlib.sha256(raw.encode()).hexdigest()}", manifest, config
+def inspect_raw(ref: ImageRef, *, config: bool = False, authfile: Path | None = None) -> str:
+    """The raw manifest (or config) bytes of `ref`, as text; no layer is read."""
+    cmd = ["skopeo", "inspect", "--raw", *(["--config"] if config else [])]
+    if authfile is not None:
+        cmd.append(f"--authfile={authfile}")
+    return run([*cmd, ref.skopeo]).stdout
 
 
 def exists(ref: ImageRef) -> bool:

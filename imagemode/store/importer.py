@@ -1,37 +1,35 @@
 """OCI image → ostree commit, layer by layer, each layer cached by its digest.
 
-1. skopeo copies the image (any transport) into an OCI layout, keeping its manifest digest.
+1. skopeo copies the image (any transport) into an OCI layout, keeping its manifest digest. Layers
+   the store has are not copied (imagemode.store.fetch).
 2. Each layer not yet in the repo is extracted (imagemode.store.layers) and committed under
    `imagemode/layer/<diff_id>`; its whiteouts travel in that commit's metadata.
-3. The layers are checked out one over the other by hard links, each after its whiteouts are applied.
-4. The merged tree gets the ostree layout (/etc → /usr/etc; /var → a factory copy that tmpfiles.d
-   puts in place on first boot) and is committed with the manifest digest, config and reference as
-   metadata. `status` reads them from there.
+3. The layer commits are composed into one tree inside libostree, each after its whiteouts are
+   applied, and given the ostree layout (imagemode.store.compose).
+4. The tree is committed with the manifest digest, config and reference as metadata. `status` reads
+   them from there.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from imagemode.build.lint import tmpfiles_paths
 from imagemode.errors import ImagemodeError
-from imagemode.oci import storage
-from imagemode.oci.reference import ImageRef, Transport
-from imagemode.store import layers
+from imagemode.oci.reference import ImageRef
+from imagemode.store import compose, fetch, layers
 from imagemode.store.ostree import Repo
 
 REF_NAME = "org.opencontainers.image.ref.name"
 LAYER_REF = "imagemode/layer/"
 IMAGE_REF = "imagemode/image/"
-FACTORY_VAR = "usr/share/factory/var"
-VAR_TMPFILES = "usr/lib/tmpfiles.d/imagemode-factory-var.conf"
+FACTORY_VAR = compose.FACTORY_VAR
+VAR_TMPFILES = compose.VAR_TMPFILES
 
 # Commit metadata keys: the contract between the importer and `status`.
 META_IMAGE = "imagemode.image"
@@ -89,13 +87,6 @@ def read_layout(path: Path, tag: str | None = None) -> OciImage:
     return OciImage(path, desc["digest"], manifest, cfg)
 
 
-def fetch(src: ImageRef, work: Path) -> OciImage:
-    """Copy `src` into a new OCI layout under `work`, digests preserved."""
-    layout = Path(tempfile.mkdtemp(prefix="oci-", dir=work))
-    storage.copy(src, ImageRef(Transport.OCI, path=os.fspath(layout), tag="image"), preserve_digests=True)
-    return read_layout(layout, "image")
-
-
 def ref_for(image: ImageRef | str) -> str:
     """An ostree ref for an image reference: every character outside [A-Za-z0-9._-/] becomes '_'."""
     text = image.skopeo if isinstance(image, ImageRef) else image
@@ -113,6 +104,12 @@ class ImportResult:
     version: str
     layers_total: int
     layers_imported: int
+    bytes_fetched: int = 0
+    diff_ids: tuple[str, ...] = ()
+
+    @property
+    def layer_refs(self) -> list[str]:
+        return [layer_ref(d) for d in self.diff_ids]
 
 
 def layer_ref(diff_id: str) -> str:
@@ -141,52 +138,20 @@ def _tempdir(work: Path, prefix: str) -> Path:
     return d
 
 
-def ostree_layout(tree: Path) -> None:
-    """The layout ostree deploys: /etc under /usr, /var as a factory copy recreated by tmpfiles.d."""
-    if (tree / "usr/etc").exists():
-        raise ImportError_("the image has /usr/etc; config belongs in /etc (see imagemode lint)")
-    if (tree / "etc").is_dir():
-        os.rename(tree / "etc", tree / "usr/etc")
-    var = tree / "var"
-    covered = tmpfiles_paths(tree)
-    lines = []
-    if var.is_dir():
-        factory = tree / FACTORY_VAR
-        factory.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(var, factory)
-        var.mkdir()
-        os.chmod(var, 0o755)
-        # Entries two levels deep (var/lib/foo): a device gets each one it lacks at every boot, so a
-        # service added by an update finds its state directory, and nothing of the device's is overwritten.
-        for first in sorted(factory.iterdir()):
-            children = sorted(first.iterdir()) if first.is_dir() and not first.is_symlink() else []
-            for entry in children or [first]:
-                rel = "/var/" + str(entry.relative_to(factory))
-                if rel not in covered:
-                    lines.append(f"C {rel} - - - - /{FACTORY_VAR}/{entry.relative_to(factory)}")
-            if children and f"/var/{first.name}" not in covered:
-                st = first.stat()
-                lines.append(f"d /var/{first.name} {st.st_mode & 0o7777:04o} {st.st_uid} {st.st_gid} -")
-    if lines:
-        conf = tree / VAR_TMPFILES
-        conf.parent.mkdir(parents=True, exist_ok=True)
-        conf.write_text(
-            "# Written by imagemode's importer: the image's /var, put in place on first boot.\n"
-            + "\n".join(sorted(set(lines), key=lambda ln: (ln[0] != "d", ln)))
-            + "\n"
-        )
-    for d in ("dev", "proc", "sys", "run", "tmp", "sysroot"):
-        (tree / d).mkdir(exist_ok=True)
-
-
 def import_oci(
     repo: Repo,
     img: OciImage,
     image: str,
     work: Path,
     on_layer: Callable[[int, int, bool], None] | None = None,
+    *,
+    check_bootable: bool = False,
 ) -> ImportResult:
-    """Import an image already in an OCI layout. `image` is the reference recorded in the commit."""
+    """Import an image already in an OCI layout. `image` is the reference recorded in the commit.
+
+    check_bootable: refuse a tree without exactly one kernel before it is committed (the device's
+    check; `imagemode build` and `disk` run the whole lint on the image itself).
+    """
     descs = img.manifest["layers"]
     if len(descs) != len(img.diff_ids):
         raise ImportError_("the image config's diff_ids do not match its manifest's layers")
@@ -196,36 +161,31 @@ def import_oci(
         imported += new
         if on_layer:
             on_layer(i + 1, len(descs), new)
-    merged = _tempdir(work, "merged-")
-    try:
+    version = img.labels.get("org.opencontainers.image.version", "")
+    meta = {
+        META_IMAGE: image,
+        META_DIGEST: img.manifest_digest,
+        META_MANIFEST: json.dumps(img.manifest, sort_keys=True),
+        META_CONFIG: json.dumps(img.config, sort_keys=True),
+    }
+    if version:
+        meta[META_VERSION] = version
+    ref = ref_for(image)
+    with compose.transaction(repo) as tree:
         for diff_id in img.diff_ids:
-            ref = layer_ref(diff_id)
-            wh = json.loads(repo.metadata(ref, META_WHITEOUTS) or "{}")
-            layers.apply_whiteouts(merged, layers.Whiteouts(wh.get("deleted", []), wh.get("opaque", [])))
-            repo.checkout_union(ref, merged)
-        ostree_layout(merged)
-        version = img.labels.get("org.opencontainers.image.version", "")
-        created = img.config.get("created", "")
-        meta = {
-            META_IMAGE: image,
-            META_DIGEST: img.manifest_digest,
-            META_MANIFEST: json.dumps(img.manifest, sort_keys=True),
-            META_CONFIG: json.dumps(img.config, sort_keys=True),
-        }
-        if version:
-            meta[META_VERSION] = version
-        ref = ref_for(image)
-        commit = repo.commit(
-            merged,
-            ref,
-            subject=f"{image}@{img.manifest_digest}",
-            metadata=meta,
-            timestamp=_epoch(created),
-            link_checkout_speedup=True,
-        )
-    finally:
-        layers.remove_path(merged)
-    return ImportResult(commit, ref, image, img.manifest_digest, version, len(descs), imported)
+            wh = json.loads(repo.metadata(layer_ref(diff_id), META_WHITEOUTS) or "{}")
+            tree.add_layer(layer_ref(diff_id), layers.Whiteouts(wh.get("deleted", []), wh.get("opaque", [])))
+        if check_bootable:
+            kernels = tree.kernels()
+            if len(kernels) != 1:
+                found = "no kernel in /usr/lib/modules" if not kernels else f"{len(kernels)} kernels"
+                raise ImportError_(f"{image} is not bootable: {found}; a bootable image carries exactly one")
+        tree.ostree_layout()
+        subject = f"{image}@{img.manifest_digest}"
+        commit = tree.commit(ref, subject, meta, _epoch(img.config.get("created", "")))
+    return ImportResult(
+        commit, ref, image, img.manifest_digest, version, len(descs), imported, diff_ids=tuple(img.diff_ids)
+    )
 
 
 def _epoch(created: str) -> int | None:
@@ -240,25 +200,38 @@ def _epoch(created: str) -> int | None:
 
 
 def import_image(
-    repo: Repo, src: ImageRef, work: Path, on_layer: Callable[[int, int, bool], None] | None = None
+    repo: Repo,
+    src: ImageRef,
+    work: Path,
+    on_layer: Callable[[int, int, bool], None] | None = None,
+    *,
+    remote: fetch.Remote | None = None,
+    authfile: Path | None = None,
+    on_bytes: fetch.OnBytes | None = None,
+    check_bootable: bool = False,
 ) -> ImportResult:
-    """Import `src`. Layers are copied only when the store lacks one of them, and an image already
-    imported under the same digest is not merged again."""
-    found = storage.manifest_and_config(src)
-    if found is not None:
-        digest, manifest, config = found
-        ref = ref_for(src)
-        commit = repo.resolve(ref)
-        if commit and repo.metadata(commit, META_DIGEST) == digest:
-            n = len(config["rootfs"]["diff_ids"])
-            return ImportResult(
-                commit, ref, src.skopeo, digest, repo.metadata(commit, META_VERSION) or "", n, 0
-            )
-        img = OciImage(Path("/nonexistent"), digest, manifest, config)
-        if all(repo.resolve(layer_ref(d)) for d in img.diff_ids):
-            return import_oci(repo, img, src.skopeo, work, on_layer)  # every blob is in the store already
-    img = fetch(src, work)
+    """Import `src`: only the layers the store lacks are copied, and an image already imported under
+    the same digest is not merged again. `remote` is `src` already inspected."""
+    remote = remote or fetch.inspect(src, authfile)
+    ref = ref_for(src)
+    commit = repo.resolve(ref)
+    if commit and repo.metadata(commit, META_DIGEST) == remote.digest:
+        version = repo.metadata(commit, META_VERSION) or ""
+        n = len(remote.diff_ids)
+        return ImportResult(
+            commit, ref, src.skopeo, remote.digest, version, n, 0, diff_ids=tuple(remote.diff_ids)
+        )
+
+    def have(diff_id: str) -> bool:
+        return repo.resolve(layer_ref(diff_id)) is not None
+
+    if all(have(d) for d in remote.diff_ids):  # every layer is in the store: nothing to copy
+        img = OciImage(Path("/nonexistent"), remote.digest, remote.manifest, remote.config)
+        return import_oci(repo, img, src.skopeo, work, on_layer, check_bootable=check_bootable)
+    got = fetch.fetch(remote, have, work, authfile, on_bytes)
     try:
-        return import_oci(repo, img, src.skopeo, work, on_layer)
+        img = read_layout(got.layout, "image")
+        result = import_oci(repo, img, src.skopeo, work, on_layer, check_bootable=check_bootable)
+        return replace(result, bytes_fetched=got.bytes_fetched)
     finally:
-        shutil.rmtree(img.layout, ignore_errors=True)
+        shutil.rmtree(got.layout, ignore_errors=True)

@@ -1,17 +1,30 @@
-"""An ostree repository, driven through the `ostree` CLI (the runner logs every call)."""
+"""An ostree repository: commits and checkouts through the `ostree` CLI (the runner logs them), and
+questions (refs, metadata) and pruning through libostree in process."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from imagemode.run import RunError, run
+from imagemode.run import run
+from imagemode.store.libostree import gi
 
 
 class Repo:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._handle: Any = None
+
+    @property
+    def handle(self) -> Any:
+        """The repository opened by libostree (an OSTree.Repo)."""
+        if self._handle is None:
+            g = gi()
+            self._handle = g.OSTree.Repo.new(g.Gio.File.new_for_path(str(self.path)))
+            self._handle.open(None)
+        return self._handle
 
     def _ostree(self, *args: str | os.PathLike[str]) -> str:
         return run(["ostree", f"--repo={self.path}", *args]).stdout
@@ -24,13 +37,23 @@ class Repo:
 
     def resolve(self, ref: str) -> str | None:
         try:
-            return self._ostree("rev-parse", ref).strip()
-        except RunError:
+            _, rev = self.handle.resolve_rev(ref, True)
+        except gi().GLib.Error:  # not a valid ref or checksum
             return None
+        return rev or None
 
     def refs(self, prefix: str = "") -> list[str]:
-        out = self._ostree("refs", *([prefix] if prefix else []))
-        return [f"{prefix.rstrip('/')}/{r}" if prefix else r for r in out.split()]
+        _, refs = self.handle.list_refs(None, None)
+        return sorted(r for r in refs if r.startswith(prefix))
+
+    def delete_ref(self, ref: str) -> None:
+        self.handle.set_ref_immediate(None, ref, None, None)
+
+    def prune(self) -> int:
+        """Delete the objects that no ref reaches (deployments have refs); returns the bytes freed."""
+        g = gi()
+        _, _, _, freed = self.handle.prune(g.OSTree.RepoPruneFlags.REFS_ONLY, -1, None)
+        return int(freed)
 
     def commit(
         self,
@@ -64,16 +87,10 @@ class Repo:
 
     def metadata(self, rev: str, key: str) -> str | None:
         """A string metadata value of a commit, or None."""
-        try:
-            out = self._ostree("show", f"--print-metadata-key={key}", rev).strip()
-        except RunError:
+        g = gi()
+        csum = self.resolve(rev)
+        if csum is None:
             return None
-        return _unquote_gvariant_string(out)
-
-
-def _unquote_gvariant_string(text: str) -> str:
-    """`ostree show --print-metadata-key` prints GVariant text: a quoted string with escapes."""
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        body = text[1:-1]
-        return body.encode("latin-1", "backslashreplace").decode("unicode_escape") if "\\" in body else body
-    return text
+        _, commit, _ = self.handle.load_commit(csum)
+        v = commit.get_child_value(0).lookup_value(key, g.GLib.VariantType.new("s"))
+        return v.get_string() if v is not None else None

@@ -54,9 +54,11 @@ def free_port() -> int:
         return port
 
 
-def check_tools() -> None:
+def check_tools(guestfwds: bool = False) -> None:
     if which(QEMU) is None:
         raise ToolMissingError(QEMU)
+    if guestfwds and which("socat") is None:
+        raise ToolMissingError("socat")
     if not OVMF_CODE.exists() or not OVMF_VARS.exists():
         raise VMError(f"OVMF firmware not found at {OVMF_CODE}; install it with: apt-get install ovmf")
 
@@ -98,6 +100,14 @@ def kvm_works() -> bool:
     return _kvm_ok
 
 
+def overlay(base: Path, dest: Path) -> Path:
+    """A copy-on-write qcow2 over `base`: a VM that writes to it (and survives a power cycle) leaves
+    `base` as it was, so many tests share one disk."""
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base.resolve(), "-F",
+         "qcow2" if base.suffix == ".qcow2" else "raw", dest])  # fmt: skip
+    return dest
+
+
 @dataclass
 class VM:
     disk: Path
@@ -126,7 +136,7 @@ class VM:
         drive = f"if=virtio,format={fmt},file={self.disk}" + (",snapshot=on" if self.snapshot else "")
         cmd = [QEMU, "-machine", f"q35,accel={self.accel}", "-cpu", cpu, "-smp", str(self.cpus),
                "-m", str(self.memory), "-nodefaults", "-display", "none", "-serial", "stdio",
-               "-no-user-config", "-device", "virtio-rng-pci",
+               "-no-user-config", "-no-reboot", "-device", "virtio-rng-pci",
                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
                "-drive", f"if=pflash,format=raw,unit=1,file={self._tmp / 'vars.fd'}",
                "-drive", drive]  # fmt: skip
@@ -135,13 +145,15 @@ class VM:
             cmd += ["-drive", f"if=virtio,format={efmt},file={extra},readonly=on,serial=extra{i}"]
         if self.network:
             net = f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"
+            # guestfwd to a tcp: chardev connects once, when QEMU starts, and serves one guest connection
+            # in all; cmd: starts a socat for each connection, which is what a registry client needs.
             for ip, gport, hport in self.guestfwds:
-                net += f",guestfwd=tcp:{ip}:{gport}-tcp:127.0.0.1:{hport}"
+                net += f",guestfwd=tcp:{ip}:{gport}-cmd:socat STDIO TCP:127.0.0.1:{hport}"
             cmd += ["-netdev", net, "-device", "virtio-net-pci,netdev=n0"]
         return cmd
 
     def start(self) -> VM:
-        check_tools()
+        check_tools(bool(self.guestfwds))
         if self.proc is not None and self.proc.poll() is None:
             raise VMError("the VM is already running")
         if self._tmp is None:
@@ -236,6 +248,17 @@ class VM:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
+
+    def wait_down(self, timeout: float = 300) -> None:
+        """Wait for the guest to power itself off. A reboot counts: QEMU runs with -no-reboot, because
+        a cold start is what these machines do reliably under OVMF (boot-path.md)."""
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise VMError(f"the guest did not go down within {timeout:.0f}s") from None
 
     def kill(self) -> None:
         """Pull the plug: no shutdown, as in a power cut."""

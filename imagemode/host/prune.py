@@ -1,0 +1,66 @@
+"""What the store keeps: the images of the deployments, and the layers those images are made of.
+
+ostree keeps a deployment's commit alive (its `ostree/B/S/N` ref) but not the import's own refs:
+`imagemode/image/...` for each image and `imagemode/layer/...` for each layer. Those of images that no
+deployment uses any more are removed here, then `ostree prune` frees their objects.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from imagemode.host import sysroot as sr
+from imagemode.store import importer
+from imagemode.store.ostree import Repo
+
+
+def drop_extra_deployments(sysroot: Any) -> int:
+    """Undeploy all but the booted, rollback and staged deployments (pinned ones stay). Returns how many."""
+    keep = [sysroot.get_booted_deployment(), sysroot.get_staged_deployment(), sr.rollback_of(sysroot)]
+    deps = list(sysroot.get_deployments())
+    new = [d for d in deps if d.is_pinned() or any(sr.same(d, k) for k in keep if k is not None)]
+    staged = sysroot.get_staged_deployment()
+    if len(new) == len(deps):
+        return 0
+    # write_deployments takes the non-staged list; the staged deployment stays as it is.
+    sysroot.write_deployments([d for d in new if not sr.same(d, staged)], None)
+    sysroot.load(None)
+    return len(deps) - len(new)
+
+
+def refs_to_delete(
+    image_refs: dict[str, str], layer_refs: list[str], deployed: set[str], diff_ids: dict[str, list[str]]
+) -> list[str]:
+    """image_refs: ref → commit; diff_ids: commit → its layers. Returns the refs nothing uses."""
+    doomed = [ref for ref, commit in image_refs.items() if commit not in deployed]
+    kept_commits = deployed | {c for r, c in image_refs.items() if r not in doomed}
+    needed = {importer.layer_ref(d) for c in kept_commits for d in diff_ids.get(c, [])}
+    return doomed + [r for r in layer_refs if r not in needed]
+
+
+def prune_store(sysroot: Any, repo: Repo) -> tuple[int, int]:
+    """Remove what no deployment needs. Returns (refs removed, bytes freed as `ostree prune` counts)."""
+    deployed = {d.get_csum() for d in sysroot.get_deployments()}
+    image_refs = {r: repo.resolve(r) or "" for r in repo.refs(importer.IMAGE_REF.rstrip("/"))}
+    layer_refs = repo.refs(importer.LAYER_REF.rstrip("/"))
+    diff_ids: dict[str, list[str]] = {}
+    for commit in deployed | set(image_refs.values()):
+        config = json.loads(repo.metadata(commit, importer.META_CONFIG) or "{}")
+        diff_ids[commit] = config.get("rootfs", {}).get("diff_ids", [])
+    doomed = refs_to_delete(image_refs, layer_refs, deployed, diff_ids)
+    for ref in doomed:
+        repo.delete_ref(ref)
+    freed = repo.prune()
+    # Deployment directories and boot files that nothing lists any more; the repo was pruned above.
+    sysroot.prepare_cleanup(None)
+    return len(doomed), freed
+
+
+def prune() -> dict[str, int]:
+    """`imagemode prune`: extra deployments, then the store."""
+    sr.require_booted()
+    with sr.locked() as sysroot:
+        undeployed = drop_extra_deployments(sysroot)
+        refs, freed = prune_store(sysroot, Repo(sr.REPO))
+    return {"deployments_removed": undeployed, "refs_removed": refs, "bytes_freed": freed}

@@ -1,0 +1,54 @@
+"""`rollback`: boot the other deployment next, by reordering ostree's deployments (libostree's
+write_deployments, as bootc does; ostree 2022.7 has no `admin set-default`).
+
+When the booted deployment is first, the rollback deployment moves to the front. When it is not (a
+rollback is already queued), the booted one moves back to the front: a second rollback undoes the
+first. A staged deployment is discarded either way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from imagemode.errors import ImagemodeError
+from imagemode.host import sysroot as sr
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    next_boot: str  # checksum.serial
+    image: str
+    digest: str
+    queued: bool  # True: the next boot is the rollback deployment; False: a queued rollback was undone
+    discarded_staged: bool
+
+
+def reorder(deployments: list[Any], booted: Any) -> list[Any]:
+    """The new order of the (non-staged) deployments."""
+    if not deployments:
+        raise ImagemodeError("no deployments")
+    if not sr.same(deployments[0], booted):
+        i = next(i for i, d in enumerate(deployments) if sr.same(d, booted))
+        return [deployments[i], *deployments[:i], *deployments[i + 1 :]]
+    if len(deployments) < 2:
+        raise ImagemodeError("there is no rollback deployment: only the booted one exists")
+    return [deployments[1], deployments[0], *deployments[2:]]
+
+
+def rollback() -> RollbackResult:
+    sr.require_booted()
+    with sr.locked() as sysroot:
+        booted = sysroot.get_booted_deployment()
+        staged = sysroot.get_staged_deployment()
+        deps = [d for d in sysroot.get_deployments() if not sr.same(d, staged)]
+        new = reorder(deps, booted)
+        sysroot.write_deployments(new, None)
+        if staged is not None:
+            sr.DOWNLOAD_ONLY.unlink(missing_ok=True)
+        sysroot.load(None)
+        first = sysroot.get_deployments()[0]
+        d = sr.describe(sysroot, first)
+        return RollbackResult(
+            f"{d.checksum}.{d.serial}", d.image, d.digest, not sr.same(first, booted), staged is not None
+        )

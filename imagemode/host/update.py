@@ -1,0 +1,248 @@
+"""`upgrade` and `switch`: fetch an image, import it, and stage it to boot next.
+
+One operation, two ways to name the image: `upgrade` follows the reference the device already
+follows, `switch` follows a new one. The order is the safety argument:
+
+1. read the manifest and config (no layer): an unchanged image stops here ("no update available");
+2. fetch and import the missing layers into the store, lint the merged tree;
+3. check the device's /etc against the new image's (imagemode.host.etc);
+4. stage: ostree checks the tree out now and finalizes it at shutdown (ostree-finalize-staged), which
+   merges /etc at that moment and switches the boot entries atomically.
+
+Until step 4 nothing but the store has changed; a failure anywhere leaves the booted system, its
+/etc and its boot entries as they were.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imagemode.boot import kargs
+from imagemode.errors import ImagemodeError
+from imagemode.host import etc, origin, prune
+from imagemode.host import sysroot as sr
+from imagemode.host.status import image_reference
+from imagemode.oci import auth
+from imagemode.oci.reference import ImageRef, parse
+from imagemode.run import run
+from imagemode.store import fetch, importer
+from imagemode.store.libostree import gi
+from imagemode.store.ostree import Repo
+
+
+class Outcome(enum.StrEnum):
+    NO_UPDATE = "no-update"  # the image is the booted one
+    AVAILABLE = "update-available"  # --check found a new one
+    ALREADY_STAGED = "already-staged"
+    STAGED = "staged"
+    DOWNLOADED = "downloaded"  # staged, but not to be finalized at shutdown
+    RETARGETED = "retargeted"  # switch to the booted image under another name: origin rewritten only
+
+
+class EtcConflictError(ImagemodeError):
+    pass
+
+
+@dataclass(frozen=True)
+class UpdateOptions:
+    image: ImageRef | None = None  # None: the image the device follows
+    check: bool = False
+    download_only: bool = False
+    from_downloaded: bool = False
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    outcome: Outcome
+    image: str
+    digest: str = ""
+    version: str | None = None
+    layers_total: int = 0
+    layers_fetched: int = 0
+    bytes_fetched: int = 0
+    seconds: float = 0.0
+    staged: str = ""  # checksum.serial of the staged deployment
+    kargs: tuple[str, ...] = ()
+    pruned_bytes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+def followed_image(sysroot: Any) -> ImageRef:
+    """The image the device follows: the staged deployment's, else the booted one's."""
+    dep = sysroot.get_staged_deployment() or sysroot.get_booted_deployment()
+    image = sr.origin_image(dep)
+    if not image:
+        raise ImagemodeError("the booted deployment follows no image (its origin names none); use switch")
+    return parse(image)
+
+
+def _same_image(sysroot: Any, dep: Any, remote: fetch.Remote) -> bool:
+    """The same manifest, or the same config: an image pushed again with other compression is the same."""
+    if dep is None:
+        return False
+    csum = dep.get_csum()
+    if sr.commit_meta(sysroot, csum, importer.META_DIGEST) == remote.digest:
+        return True
+    manifest = json.loads(sr.commit_meta(sysroot, csum, importer.META_MANIFEST) or "{}")
+    return bool(manifest) and manifest.get("config", {}).get("digest") == remote.config_digest
+
+
+def _image_status(remote: fetch.Remote) -> dict[str, Any]:
+    """bootc's ImageStatus, for cachedUpdate."""
+    created = remote.config.get("created")
+    return {
+        "image": image_reference(remote.ref.skopeo),
+        "version": remote.version,
+        "timestamp": created[:19] + "Z" if isinstance(created, str) and len(created) >= 19 else None,
+        "imageDigest": remote.digest,
+        "architecture": remote.config.get("architecture", ""),
+    }
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _unlock_download(staged: Any) -> None:
+    if sr.download_only(staged):
+        sr.DOWNLOAD_ONLY.unlink()
+
+
+def _keyfile(text: str) -> Any:
+    GLib = gi().GLib
+    kf = GLib.KeyFile()
+    kf.load_from_data(text, len(text.encode()), GLib.KeyFileFlags.NONE)
+    return kf
+
+
+def check_etc(sysroot: Any, repo: Repo, booted: Any, commit: str, work: Path) -> None:
+    new_etc = work / "new-etc"
+    # check=False: an image without /etc has no such subpath; then nothing can clash.
+    run(["ostree", f"--repo={repo.path}", "checkout", "--subpath=/usr/etc", commit, new_etc], check=False)
+    old_etc = sr.deployment_dir(sysroot, booted) / "usr/etc"
+    found = etc.conflicts(Path("/etc"), old_etc, new_etc)
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise EtcConflictError(
+            f"/etc/{found[0]}{more}: the update cannot merge /etc; move the local path away and retry."
+            " Nothing was staged"
+        )
+
+
+def new_kargs(sysroot: Any, repo: Repo, merge: Any, commit: str, work: Path) -> list[str]:
+    old_image = kargs.image_kargs(sr.deployment_dir(sysroot, merge) / kargs.KARGS_D)
+    return kargs.replace_image_kargs(sr.kargs_of(merge), old_image, kargs.commit_kargs(repo, commit, work))
+
+
+def update(
+    opts: UpdateOptions,
+    on_bytes: fetch.OnBytes | None = None,
+    say: Callable[[str], None] = lambda s: None,
+) -> UpdateResult:
+    sr.require_booted()
+    t0 = time.monotonic()
+    with sr.locked() as sysroot:
+        booted = sysroot.get_booted_deployment()
+        staged = sysroot.get_staged_deployment()
+        target = opts.image or followed_image(sysroot)
+        if opts.from_downloaded:
+            if staged is None or not sr.download_only(staged):
+                raise ImagemodeError(
+                    "no downloaded update is staged (see imagemode upgrade --download-only)"
+                )
+            _unlock_download(staged)
+            d = sr.describe(sysroot, staged, staged=True)
+            return UpdateResult(
+                Outcome.STAGED, d.image, d.digest, d.version, staged=f"{d.checksum}.{d.serial}"
+            )
+        authfile = auth.find()
+        say(f"reading {target.skopeo}")
+        remote = fetch.inspect(target, authfile)
+        booted_image = sr.origin_image(booted)
+
+        def said(outcome: Outcome, staged: str = "") -> UpdateResult:
+            return UpdateResult(outcome, target.skopeo, remote.digest, remote.version, staged=staged)
+
+        if opts.check:
+            if _same_image(sysroot, booted, remote):
+                sr.CACHED_UPDATE.unlink(missing_ok=True)
+                return said(Outcome.NO_UPDATE)
+            _write_atomic(sr.CACHED_UPDATE, json.dumps(_image_status(remote)) + "\n")
+            return said(Outcome.AVAILABLE)
+        if _same_image(sysroot, booted, remote):
+            if staged is not None:  # back to the booted image: drop what is staged
+                sysroot.write_deployments(
+                    [d for d in sysroot.get_deployments() if not sr.same(d, staged)], None
+                )
+                sr.DOWNLOAD_ONLY.unlink(missing_ok=True)
+            if booted_image != target.skopeo:
+                sysroot.write_origin_file(booted, _keyfile(origin.origin(target.skopeo)), None)
+                return said(Outcome.RETARGETED)
+            sr.CACHED_UPDATE.unlink(missing_ok=True)
+            return said(Outcome.NO_UPDATE)
+        if _same_image(sysroot, staged, remote) and sr.origin_image(staged) == target.skopeo:
+            if not opts.download_only:
+                _unlock_download(staged)
+            d = sr.describe(sysroot, staged, staged=True)
+            return said(Outcome.ALREADY_STAGED, f"{d.checksum}.{d.serial}")
+        repo = Repo(sr.REPO)
+        sr.WORK.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="update-", dir=sr.WORK))
+        try:
+            say(f"importing {remote.digest}")
+            imp = importer.import_image(
+                repo, target, work, remote=remote, authfile=authfile, on_bytes=on_bytes, check_bootable=True
+            )
+            check_etc(sysroot, repo, booted, imp.commit, work)
+            merge = sysroot.get_merge_deployment(sr.STATEROOT)
+            args = new_kargs(sysroot, repo, merge, imp.commit, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        prune.drop_extra_deployments(sysroot)
+        say("staging")
+        if opts.download_only:
+            # Before staging: a shutdown between the two must not finalize what is download-only.
+            _write_atomic(sr.DOWNLOAD_ONLY, "pending\n")
+        try:
+            _, new = sysroot.stage_tree(
+                sr.STATEROOT, imp.commit, _keyfile(origin.origin(target.skopeo)), merge, args, None
+            )
+        except Exception:
+            if opts.download_only:
+                sr.DOWNLOAD_ONLY.unlink(missing_ok=True)
+            raise
+        serial = f"{new.get_csum()}.{new.get_deployserial()}"
+        if opts.download_only:
+            _write_atomic(sr.DOWNLOAD_ONLY, serial + "\n")
+        else:
+            sr.DOWNLOAD_ONLY.unlink(missing_ok=True)
+        sr.CACHED_UPDATE.unlink(missing_ok=True)
+        sysroot.load(None)
+        _, freed = prune.prune_store(sysroot, repo)
+        return UpdateResult(
+            Outcome.DOWNLOADED if opts.download_only else Outcome.STAGED,
+            target.skopeo,
+            imp.manifest_digest,
+            remote.version,
+            layers_total=imp.layers_total,
+            layers_fetched=imp.layers_imported,
+            bytes_fetched=imp.bytes_fetched,
+            seconds=round(time.monotonic() - t0, 1),
+            staged=serial,
+            kargs=tuple(args),
+            pruned_bytes=freed,
+        )

@@ -1,0 +1,219 @@
+"""Layer commits → one image tree, composed inside libostree: no file is checked out, read or copied.
+
+The first layer's tree is taken by reference (a lazy MutableTree over its dirtree object). Each later
+layer first has its whiteouts applied, then is written over the tree, which expands only the
+directories that it touches. Then the ostree layout: /etc moves to /usr/etc and /var to a factory
+copy that a tmpfiles.d file puts in place (both moves are by dirtree checksum), and the empty mount
+points are made. On a device under emulation this replaced 18 s of checkouts, 8 s of deleting them
+and a 5 s commit walk for a one-layer update of the hello example.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from imagemode.build.lint import TMPFILES_DIRS, parse_tmpfiles
+from imagemode.errors import ImagemodeError
+from imagemode.store.layers import Whiteouts
+from imagemode.store.libostree import gi
+from imagemode.store.ostree import Repo
+
+FACTORY_VAR = "usr/share/factory/var"
+VAR_TMPFILES = "usr/lib/tmpfiles.d/imagemode-factory-var.conf"
+MOUNT_POINTS = ("dev", "proc", "sys", "run", "tmp", "sysroot", "var")
+
+
+class ComposeError(ImagemodeError):
+    pass
+
+
+def _parts(path: str) -> list[str]:
+    return [p for p in path.strip("/").split("/") if p]
+
+
+class Tree:
+    """An image tree being composed in `repo`; used inside `transaction()`."""
+
+    def __init__(self, repo: Repo) -> None:
+        self.g = gi()
+        self.repo = repo.handle
+        self.root = self.g.OSTree.MutableTree.new()
+        self._dirmeta: str | None = None
+
+    # -- navigation ---------------------------------------------------------------------------------
+
+    def _child(self, parent: Any, name: str) -> tuple[str | None, Any]:
+        """(file checksum, subdirectory) of `name` in `parent`; (None, None) when it is absent."""
+        try:
+            _, csum, sub = parent.lookup(name)
+        except self.g.GLib.Error:
+            return None, None
+        return csum, sub
+
+    def dir(self, path: str) -> Any:
+        node = self.root
+        for name in _parts(path):
+            _, node = self._child(node, name)
+            if node is None:
+                return None
+        return node
+
+    def _dirmeta_0755(self) -> str:
+        if self._dirmeta is None:
+            # ostree stores uid, gid and mode big-endian.
+            v = self.g.GLib.Variant(
+                "(uuua(ayay))", (socket.htonl(0), socket.htonl(0), socket.htonl(0o40755), [])
+            )
+            _, csum = self.repo.write_metadata(self.g.OSTree.ObjectType.DIR_META, None, v, None)
+            self._dirmeta = str(self.g.OSTree.checksum_from_bytes(csum))
+        return self._dirmeta
+
+    def ensure_dir(self, path: str) -> Any:
+        node = self.root
+        for name in _parts(path):
+            csum, sub = self._child(node, name)
+            if csum is not None:
+                raise ComposeError(f"/{path}: {name} is a file, a directory is needed")
+            if sub is None:
+                _, sub = node.ensure_dir(name)
+                sub.set_metadata_checksum(self._dirmeta_0755())
+            node = sub
+        return node
+
+    # -- layers -------------------------------------------------------------------------------------
+
+    def _remove(self, path: str) -> None:
+        parts = _parts(path)
+        parent = self.dir("/".join(parts[:-1]))
+        if parent is not None and parts:
+            parent.remove(parts[-1], True)
+
+    def add_layer(self, rev: str, whiteouts: Whiteouts) -> None:
+        for d in whiteouts.opaque:
+            node = self.dir(d)
+            if node is not None:
+                for name in [*node.get_files(), *node.get_subdirs()]:
+                    node.remove(name, False)
+        for p in whiteouts.deleted:
+            self._remove(p)
+        _, layer_root, _ = self.repo.read_commit(rev, None)
+        try:
+            self.repo.write_directory_to_mtree(layer_root, self.root, None, None)
+        except self.g.GLib.Error as e:  # a file over a directory, or the other way round
+            raise ComposeError(f"layer {rev[:12]} does not fit over the layers below: {e.message}") from None
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def read_text(self, csum: str) -> str | None:
+        _, stream, info, _ = self.repo.load_file(csum, None)
+        if info.get_file_type() != self.g.Gio.FileType.REGULAR:
+            return None
+        data = stream.read_bytes(info.get_size(), None).get_data()
+        return bytes(data).decode(errors="replace")
+
+    def mode(self, node: Any) -> tuple[int, int, int]:
+        """(mode, uid, gid) of a directory."""
+        _, v = self.repo.load_variant(self.g.OSTree.ObjectType.DIR_META, node.get_metadata_checksum())
+        uid, gid, mode, _ = v.unpack()
+        return socket.ntohl(mode), socket.ntohl(uid), socket.ntohl(gid)
+
+    def kernels(self) -> list[str]:
+        modules = self.dir("usr/lib/modules")
+        subdirs = modules.get_subdirs() if modules is not None else {}
+        return sorted(k for k, sub in subdirs.items() if "vmlinuz" in sub.get_files())
+
+    def tmpfiles(self) -> dict[str, str]:
+        texts = []
+        for d in TMPFILES_DIRS:
+            node = self.dir(d)
+            for name, csum in sorted((node.get_files() if node is not None else {}).items()):
+                text = self.read_text(csum) if name.endswith(".conf") else None
+                if text is not None:
+                    texts.append(text)
+        return parse_tmpfiles(texts)
+
+    # -- the ostree layout --------------------------------------------------------------------------
+
+    def _move(self, src: str, dest: str) -> Any:
+        """Move directory `src` to `dest` by reference to its (written) dirtree."""
+        node = self.dir(src)
+        self.repo.write_mtree(node, None)
+        contents, meta = node.get_contents_checksum(), node.get_metadata_checksum()
+        dest_parts = _parts(dest)
+        parent = self.ensure_dir("/".join(dest_parts[:-1]))
+        _, new = parent.ensure_dir(dest_parts[-1])
+        new.fill_empty_from_dirtree(self.repo, contents, meta)
+        self._remove(src)
+        return new
+
+    def _write_file(self, path: str, text: str) -> None:
+        parts = _parts(path)
+        csum = self.repo.write_regfile_inline(None, 0, 0, 0o100644, None, text.encode(), None)
+        self.ensure_dir("/".join(parts[:-1])).replace_file(parts[-1], csum)
+
+    def ostree_layout(self) -> None:
+        if self.dir("usr/etc") is not None:
+            raise ComposeError("the image has /usr/etc; config belongs in /etc (see imagemode lint)")
+        if self.dir("etc") is not None:
+            self._move("etc", "usr/etc")
+        covered = self.tmpfiles()
+        if self.dir("var") is not None:
+            factory = self._move("var", FACTORY_VAR)
+            lines = factory_tmpfiles(self, factory, covered)
+            if lines:
+                self._write_file(
+                    VAR_TMPFILES,
+                    "# Written by imagemode's importer: the image's /var, put in place on first boot.\n"
+                    + "\n".join(lines)
+                    + "\n",
+                )
+        for d in MOUNT_POINTS:
+            self.ensure_dir(d)
+
+    # -- commit -------------------------------------------------------------------------------------
+
+    def commit(self, ref: str, subject: str, metadata: Mapping[str, str], timestamp: int | None) -> str:
+        GLib = self.g.GLib
+        _, root = self.repo.write_mtree(self.root, None)
+        meta = GLib.Variant("a{sv}", {k: GLib.Variant("s", v) for k, v in metadata.items()})
+        if timestamp is None:
+            _, csum = self.repo.write_commit(None, subject, None, meta, root, None)
+        else:
+            _, csum = self.repo.write_commit_with_time(None, subject, None, meta, root, timestamp, None)
+        self.repo.transaction_set_ref(None, ref, csum)
+        return str(csum)
+
+
+def factory_tmpfiles(tree: Tree, factory: Any, covered: Mapping[str, str]) -> list[str]:
+    """tmpfiles.d lines that copy the image's /var into place, two levels deep (var/lib/foo): a device
+    gets each entry it lacks at every boot, so a service added by an update finds its state
+    directory, and nothing of the device's is overwritten."""
+    lines = []
+    entries = sorted([*factory.get_files(), *factory.get_subdirs()])
+    subdirs = factory.get_subdirs()
+    for first in entries:
+        sub = subdirs.get(first)
+        children = sorted([*sub.get_files(), *sub.get_subdirs()]) if sub is not None else []
+        for rel in [f"{first}/{c}" for c in children] or [first]:
+            if f"/var/{rel}" not in covered:
+                lines.append(f"C /var/{rel} - - - - /{FACTORY_VAR}/{rel}")
+        if children and f"/var/{first}" not in covered:
+            mode, uid, gid = tree.mode(sub)
+            lines.append(f"d /var/{first} {mode & 0o7777:04o} {uid} {gid} -")
+    return sorted(set(lines), key=lambda ln: (ln[0] != "d", ln))
+
+
+@contextlib.contextmanager
+def transaction(repo: Repo) -> Iterator[Tree]:
+    """A Tree whose objects are written in one repository transaction, committed at the end."""
+    tree = Tree(repo)
+    tree.repo.prepare_transaction(None)
+    try:
+        yield tree
+        tree.repo.commit_transaction(None)
+    except BaseException:
+        tree.repo.abort_transaction(None)
+        raise

@@ -1,0 +1,30 @@
+"""libostree through GObject introspection (python3-gi, gir1.2-ostree-1.0): in-process calls where a
+CLI call per question would cost a process start each (half a second on a slow device)."""
+
+from __future__ import annotations
+
+import functools
+from types import SimpleNamespace
+from typing import Any
+
+from imagemode.errors import ImagemodeError
+
+
+class BindingsMissingError(ImagemodeError):
+    pass
+
+
+@functools.cache
+def gi() -> Any:
+    """OSTree, Gio and GLib, or a clear error naming the packages."""
+    try:
+        import gi as gi_
+
+        gi_.require_version("OSTree", "1.0")
+        from gi.repository import Gio, GLib, OSTree
+    except (ImportError, ValueError) as e:
+        raise BindingsMissingError(
+            "libostree's Python bindings are missing; install them with: apt-get install python3-gi"
+            " gir1.2-ostree-1.0"
+        ) from e
+    return SimpleNamespace(OSTree=OSTree, Gio=Gio, GLib=GLib)

@@ -1,0 +1,276 @@
+"""The device lifecycle on the real thing: a v1 disk, a real registry on 127.0.0.1, QEMU.
+
+One VM on a copy-on-write overlay goes through three boots, in this order (the tests share it and
+run in file order):
+
+1. v1: no update, bad input of every kind, auth files, an /etc conflict, `upgrade --check`,
+   `--download-only`, then the upgrade service (`upgrade --apply --quiet`), which reboots: QEMU runs
+   with -no-reboot, so that is a power-off, and the staged deployment is finalized on the way down.
+2. v2: booted with the local /etc edit and v2's new default; rollback, twice, three times; prune.
+3. v1 again.
+
+The guest reaches the registries through guestfwd: 10.0.2.100:5000 open, :5001 with htpasswd, :5002
+a port where nothing listens.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from imagemode.vm.qemu import VM, free_port, overlay
+from imagemode.vm.registry import Registry, insecure_conf
+from tests.conftest import ROOT, imagemode, podman
+
+pytestmark = pytest.mark.integration
+
+SCHEMA = json.loads((Path(__file__).resolve().parent / "data/bootc-host-v1.schema.json").read_text())
+GUEST = "10.0.2.100"
+OPEN, AUTH, DEAD = f"{GUEST}:5000", f"{GUEST}:5001", f"{GUEST}:5002"
+V1, V2 = "localhost/imagemode/hello:lc-v1", "localhost/imagemode/hello:lc-v2"
+CONFLICT = "localhost/imagemode/hello:lc-conflict"
+LOCAL_EDIT = "edited on the device"
+
+
+@pytest.fixture(scope="module")
+def images(base_image: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    for tag, version in ((V1, "1"), (V2, "2")):
+        imagemode("build", "-t", tag, "--build-arg", f"VERSION={version}", str(ROOT / "examples/hello"))
+    ctx = tmp_path_factory.mktemp("conflict")
+    # v2, and /etc/imagemode-test.d is a directory: the device makes it a file first.
+    (ctx / "Containerfile").write_text(
+        f"FROM {V2}\nRUN mkdir /etc/imagemode-test.d && echo x > /etc/imagemode-test.d/a\n"
+    )
+    imagemode("build", "-t", CONFLICT, str(ctx))
+    tar = ctx / "nokernel.tar"
+    (ctx / "root/etc").mkdir(parents=True)
+    (ctx / "root/etc/os-release").write_text("ID=nokernel\n")
+    subprocess.run(["tar", "-C", str(ctx / "root"), "-cf", str(tar), "."], check=True)
+    podman("import", str(tar), "localhost/imagemode/nokernel:lc")
+    return {
+        tag: json.loads(podman("image", "inspect", tag).stdout)[0]["Digest"] for tag in (V1, V2, CONFLICT)
+    }
+
+
+@pytest.fixture(scope="module")
+def registries(images: dict[str, str]) -> Iterator[tuple[Registry, Registry]]:
+    with Registry() as open_, Registry(user="edge", password="s3cret") as auth:
+        open_.push(f"containers-storage:{V1}", "imagemode/hello:latest")
+        open_.push(f"containers-storage:{V2}", "imagemode/hello:v2")
+        open_.push(f"containers-storage:{CONFLICT}", "imagemode/hello:conflict")
+        open_.push("containers-storage:localhost/imagemode/nokernel:lc", "imagemode/nokernel:v1")
+        auth.push(f"containers-storage:{V1}", "imagemode/hello:v1")
+        yield open_, auth
+
+
+@pytest.fixture(scope="module")
+def disk(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("lc-disk")
+    imagemode("disk", V1, "--target-imgref", f"{OPEN}/imagemode/hello:latest", "-o", str(out))
+    return out / "disk.qcow2"
+
+
+@pytest.fixture(scope="module")
+def vm(
+    disk: Path, registries: tuple[Registry, Registry], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VM]:
+    d = tmp_path_factory.mktemp("lc-vm")
+    open_, auth = registries
+    fwds = [(GUEST, 5000, open_.port), (GUEST, 5001, auth.port), (GUEST, 5002, free_port())]
+    machine = VM(overlay(disk, d / "overlay.qcow2"), serial_log=d / "serial.log", guestfwds=fwds)
+    machine.ssh_key = disk.parent / "id_ed25519"
+    with machine:
+        machine.wait_ssh(900)
+        conf = insecure_conf(OPEN, AUTH, DEAD)
+        machine.exec(f"mkdir -p /etc/containers/registries.conf.d && cat > "
+                     f"/etc/containers/registries.conf.d/50-test.conf <<'EOF'\n{conf}EOF")  # fmt: skip
+        machine.exec(f"echo '{LOCAL_EDIT}' >> /etc/motd")
+        yield machine
+        machine.poweroff()
+
+
+def status(vm: VM) -> dict[str, Any]:
+    st: dict[str, Any] = json.loads(vm.exec("imagemode status --json").stdout)
+    jsonschema.validate(st, SCHEMA)
+    return st
+
+
+def one_line_error(p: subprocess.CompletedProcess[str]) -> str:
+    assert p.returncode != 0, p.stdout + p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("imagemode: error:")]
+    assert len(lines) == 1, p.stderr
+    return lines[0]
+
+
+def etc_state(vm: VM) -> str:
+    return vm.exec("find /etc -xdev -printf '%p %s %m %T@\\n' | sort | md5sum; ostree admin status").stdout
+
+
+# ---- boot 1: v1 -------------------------------------------------------------------------------------
+
+
+def test_booted_v1_follows_the_registry(vm: VM, images: dict[str, str]) -> None:
+    st = status(vm)
+    booted = st["status"]["booted"]
+    assert booted["image"]["imageDigest"] == images[V1]
+    assert st["spec"]["image"] == {"image": f"{OPEN}/imagemode/hello:latest", "transport": "registry"}
+    assert "hello.version=1" in vm.exec("cat /proc/cmdline").stdout.split()
+    assert vm.exec("systemctl is-enabled imagemode-upgrade.timer", check=False).stdout.strip() == "disabled"
+
+
+def test_no_update_available(vm: VM) -> None:
+    # latest is v1 pushed with gzip layers: another manifest digest, the same image (config digest).
+    p = vm.exec("imagemode upgrade")
+    assert p.stdout.startswith("no update available"), p.stdout
+    assert status(vm)["status"]["staged"] is None
+
+
+BAD = {
+    "unparsable": ("imagemode switch 'Not A/Ref!!'", "invalid image reference"),
+    "transport": ("imagemode switch --transport ftp x/y", "unknown transport 'ftp'"),
+    "404": (f"imagemode switch {OPEN}/imagemode/absent:v1", "image not found"),
+    "401": (f"imagemode switch {AUTH}/imagemode/hello:v1", "401 unauthorized"),
+    "unreachable": (f"imagemode switch {DEAD}/imagemode/hello:v1", "registry unreachable"),
+    "not bootable": (f"imagemode switch {OPEN}/imagemode/nokernel:v1", "is not bootable: no kernel"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_is_one_line_and_changes_nothing(vm: VM, case: str) -> None:
+    before = etc_state(vm)
+    command, expected = BAD[case]
+    line = one_line_error(vm.exec(command, check=False))
+    assert expected in line, line
+    st = status(vm)
+    assert st["status"]["staged"] is None
+    assert st["spec"]["image"]["image"] == f"{OPEN}/imagemode/hello:latest"
+    assert etc_state(vm) == before
+
+
+def test_auth_file_must_be_private_and_is_used(vm: VM) -> None:
+    auth = json.dumps({"auths": {AUTH: {"auth": "ZWRnZTpzM2NyZXQ="}}})  # edge:s3cret
+    vm.exec(
+        f"mkdir -p /etc/ostree && echo '{auth}' > /etc/ostree/auth.json && chmod 644 /etc/ostree/auth.json"
+    )
+    line = one_line_error(vm.exec(f"imagemode switch {AUTH}/imagemode/hello:v1", check=False))
+    assert "open to other users (mode 0644)" in line
+    vm.exec("chmod 600 /etc/ostree/auth.json")
+    # The same image as the booted one under another name: no new deployment, only what it follows.
+    deployments = vm.exec("ls /ostree/deploy/default/deploy").stdout
+    p = vm.exec(f"imagemode switch {AUTH}/imagemode/hello:v1")
+    assert "no new deployment" in p.stdout
+    assert status(vm)["spec"]["image"]["image"] == f"{AUTH}/imagemode/hello:v1"
+    vm.exec(f"imagemode switch {OPEN}/imagemode/hello:latest && rm /etc/ostree/auth.json")
+    assert vm.exec("ls /ostree/deploy/default/deploy").stdout == deployments
+    st = status(vm)
+    assert (
+        st["status"]["staged"] is None and st["spec"]["image"]["image"] == f"{OPEN}/imagemode/hello:latest"
+    )
+
+
+def test_etc_file_that_becomes_a_directory_is_refused(vm: VM) -> None:
+    vm.exec("echo mine > /etc/imagemode-test.d")
+    try:
+        line = one_line_error(vm.exec(f"imagemode switch {OPEN}/imagemode/hello:conflict", check=False))
+        assert "/etc/imagemode-test.d (file here, directory in the new image)" in line
+        assert "Nothing was staged" in line
+        assert status(vm)["status"]["staged"] is None
+    finally:
+        vm.exec("rm -f /etc/imagemode-test.d")
+
+
+def test_check_fills_cached_update(
+    vm: VM, registries: tuple[Registry, Registry], images: dict[str, str]
+) -> None:
+    registries[0].push(f"containers-storage:{V2}", "imagemode/hello:latest")
+    out = vm.exec("imagemode upgrade --check").stdout
+    assert out.startswith("update available"), out
+    st = status(vm)
+    cached = st["status"]["booted"]["cachedUpdate"]
+    assert cached["imageDigest"] != st["status"]["booted"]["image"]["imageDigest"]
+    assert cached["version"] == "2"
+    assert st["status"]["staged"] is None
+    human = vm.exec("imagemode status --format humanreadable").stdout
+    assert f"Update available: {OPEN}/imagemode/hello:latest {cached['imageDigest']}" in human
+
+
+def test_download_only_then_upgrade(vm: VM) -> None:
+    p = vm.exec("imagemode upgrade --download-only --json")
+    result = json.loads(p.stdout)
+    assert result["outcome"] == "downloaded"
+    assert result["layers_fetched"] == 1 and result["layers_total"] == 5, result
+    st = status(vm)
+    assert st["status"]["staged"]["downloadOnly"] is True
+    assert st["status"]["staged"]["image"]["version"] == "2"
+    assert st["status"]["booted"]["cachedUpdate"] is None
+    assert "Download only" in vm.exec("imagemode status --format humanreadable").stdout
+    # A plain upgrade of the same image lifts the hold.
+    assert vm.exec("imagemode upgrade").stdout.startswith("already staged")
+    assert status(vm)["status"]["staged"]["downloadOnly"] is False
+    # Staging pruned what no deployment uses: the conflict image, imported and refused, is gone.
+    refs = vm.exec("ostree refs --repo=/sysroot/ostree/repo").stdout
+    assert "hello_conflict" not in refs and "hello_latest" in refs
+
+
+def test_upgrade_service_applies_and_reboots(vm: VM) -> None:
+    """The timer's service: `upgrade --apply --quiet` finds v2 staged and reboots (here: powers off)."""
+    vm.exec("systemctl start --no-block imagemode-upgrade.service")
+    vm.wait_down(300)
+
+
+# ---- boot 2: v2 -------------------------------------------------------------------------------------
+
+
+def test_v2_booted_with_local_etc_kept(vm: VM, images: dict[str, str]) -> None:
+    vm.start().wait_ssh(900)
+    st = status(vm)
+    assert st["status"]["booted"]["image"]["version"] == "2"
+    assert st["status"]["rollback"]["image"]["imageDigest"] == images[V1]
+    assert vm.exec("test -e /usr/share/hello/v2").returncode == 0
+    assert LOCAL_EDIT in vm.exec("cat /etc/motd").stdout  # the local edit, merged
+    assert vm.exec("cat /etc/hello.conf").stdout == "greeting = hello from v2\n"  # v2's new default
+    cmdline = vm.exec("cat /proc/cmdline").stdout.split()
+    assert "hello.version=2" in cmdline and "hello.version=1" not in cmdline  # kargs.d replaced
+    assert any(a.startswith("root=UUID=") for a in cmdline)  # the machine's own kept
+    assert vm.exec("systemctl --failed --no-legend --plain").stdout.strip() == ""
+
+
+def test_rollback_twice_undoes_and_thrice_queues(vm: VM) -> None:
+    assert vm.exec("imagemode rollback").stdout.startswith("next boot:")
+    assert status(vm)["status"]["rollbackQueued"] is True
+    assert "Rollback queued" in vm.exec("imagemode status --format humanreadable").stdout
+    assert vm.exec("imagemode rollback").stdout.startswith("rollback undone")
+    assert status(vm)["status"]["rollbackQueued"] is False
+    vm.exec("imagemode rollback")
+    assert status(vm)["status"]["rollbackQueued"] is True
+
+
+def test_prune_keeps_what_deployments_use(vm: VM) -> None:
+    result = json.loads(vm.exec("imagemode prune --json").stdout)
+    assert result["deployments_removed"] == 0 and result["bytes_freed"] >= 0, result
+    deployed = set(vm.exec("ls /ostree/deploy/default/deploy | grep -v origin | cut -d. -f1").stdout.split())
+    for ref in vm.exec("ostree refs --repo=/sysroot/ostree/repo imagemode/image").stdout.split():
+        commit = vm.exec(
+            f"ostree rev-parse --repo=/sysroot/ostree/repo imagemode/image/{ref}"
+        ).stdout.strip()
+        assert commit.strip() in deployed, ref
+    vm.poweroff()
+
+
+# ---- boot 3: v1 again -------------------------------------------------------------------------------
+
+
+def test_rolled_back_to_v1(vm: VM, images: dict[str, str]) -> None:
+    vm.start().wait_ssh(900)
+    st = status(vm)
+    assert st["status"]["booted"]["image"]["imageDigest"] == images[V1]
+    assert st["status"]["rollback"]["image"]["version"] == "2"
+    assert vm.exec("test -e /usr/share/hello/v2", check=False).returncode != 0  # the v2 marker is gone
+    assert vm.exec("cat /usr/share/hello/release").stdout == "hello v1\n"
+    assert "hello.version=1" in vm.exec("cat /proc/cmdline").stdout.split()
