@@ -16,6 +16,10 @@ VERBS = [
     ["status"],
     ["boot"],
     ["boot", "update"],
+    ["upgrade"],
+    ["switch"],
+    ["rollback"],
+    ["prune"],
 ]
 
 
@@ -25,7 +29,8 @@ def test_version() -> None:
 
 def test_top_help_names_every_verb() -> None:
     out = cli("--help").stdout
-    for verb in ("build base", "build", "container lint", "lint", "disk", "vm", "status", "boot update"):
+    verbs = ("build base", "build", "container lint", "lint", "disk", "vm", "status", "boot update")
+    for verb in (*verbs, "upgrade", "switch", "rollback", "prune"):
         assert verb in out
 
 
@@ -85,3 +90,22 @@ def test_lint_list() -> None:
         "utf8-names",
     ):
         assert rule in out
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["upgrade"], "this system was not booted from an ostree deployment"),
+        (["rollback"], "this system was not booted from an ostree deployment"),
+        (["prune"], "this system was not booted from an ostree deployment"),
+        (["switch", "--transport", "ftp", "x/y"], "unknown transport 'ftp'"),
+        (["switch", "Not A/Ref!!"], "invalid image reference"),
+        (["upgrade", "--apply", "--download-only"], "--apply and --download-only contradict each other"),
+    ],
+)
+def test_device_verbs_fail_in_one_line_off_a_device(args: list[str], expected: str) -> None:
+    """On the build host (no /run/ostree-booted) the device verbs refuse, and touch nothing."""
+    p = cli(*args, check=False)
+    assert p.returncode == 1, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("imagemode: error: ") and expected in lines[0], p.stderr

@@ -43,9 +43,10 @@ def images(base_image: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
     for tag, version in ((V1, "1"), (V2, "2")):
         imagemode("build", "-t", tag, "--build-arg", f"VERSION={version}", str(ROOT / "examples/hello"))
     ctx = tmp_path_factory.mktemp("conflict")
-    # v2, and /etc/imagemode-test.d is a directory: the device makes it a file first.
+    # v1, and /etc/imagemode-test.d is a directory: the device makes it a file first. (FROM v1: the
+    # upgrade to v2 below must still find v2's own layer missing.)
     (ctx / "Containerfile").write_text(
-        f"FROM {V2}\nRUN mkdir /etc/imagemode-test.d && echo x > /etc/imagemode-test.d/a\n"
+        f"FROM {V1}\nRUN mkdir /etc/imagemode-test.d && echo x > /etc/imagemode-test.d/a\n"
     )
     imagemode("build", "-t", CONFLICT, str(ctx))
     tar = ctx / "nokernel.tar"

@@ -11,12 +11,12 @@ def _tool(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_check() -> None:
-    p = _tool("ruff", "check", "imagemode", "tests", "bench")
+    p = _tool("ruff", "check", "imagemode", "tests", "bench", "scripts")
     assert p.returncode == 0, p.stdout + p.stderr
 
 
 def test_ruff_format() -> None:
-    p = _tool("ruff", "format", "--check", "imagemode", "tests", "bench")
+    p = _tool("ruff", "format", "--check", "imagemode", "tests", "bench", "scripts")
     assert p.returncode == 0, p.stdout + p.stderr
 
 

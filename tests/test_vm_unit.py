@@ -53,5 +53,5 @@ def test_network_is_restricted_and_local() -> None:
     cmd = " ".join(vm.command())
     assert "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22" in cmd
     # One socat per guest connection, to 127.0.0.1 only.
-    assert "guestfwd=tcp:10.0.2.100:5000-cmd:socat STDIO TCP:127.0.0.1:5055" in cmd
+    assert "guestfwd=tcp:10.0.2.100:5000-cmd:socat -lf /dev/null STDIO TCP:127.0.0.1:5055" in cmd
     assert "format=qcow2,file=/d.qcow2" in cmd

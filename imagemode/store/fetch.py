@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,7 +39,9 @@ _CAUSES = (
     (("server gave HTTP response to HTTPS client",), "the registry speaks plain HTTP; "
      "mark it insecure in /etc/containers/registries.conf.d (docs/upgrade.md)"),
     (("connection refused", "no such host", "i/o timeout", "network is unreachable", "no route to host",
-      "EOF", "connection reset", "TLS handshake timeout"), "registry unreachable"),
+      "EOF", "connection reset", "TLS handshake timeout", "malformed HTTP response", "server closed",
+      "timed out", "timeout"),
+     "registry unreachable"),
 )  # fmt: skip
 
 
@@ -48,6 +51,9 @@ class FetchError(ImagemodeError):
 
 def explain(ref: ImageRef, e: RunError) -> FetchError:
     detail = str(e).split(": ", 1)[-1]
+    # skopeo logs as `time="…" level=fatal msg="…"`: keep the message.
+    detail = re.sub(r'^time="[^"]*" level=\w+ msg="', "", detail).rstrip('"').replace('\\"', '"')
+    detail = re.sub(r'^Error parsing image name "[^"]*": ', "", detail)  # the reference, said again
     for needles, cause in _CAUSES:
         if any(n.lower() in detail.lower() for n in needles):
             return FetchError(f"cannot read {ref.skopeo}: {cause} ({detail[:160]})")

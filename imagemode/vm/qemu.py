@@ -147,8 +147,9 @@ class VM:
             net = f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"
             # guestfwd to a tcp: chardev connects once, when QEMU starts, and serves one guest connection
             # in all; cmd: starts a socat for each connection, which is what a registry client needs.
+            # Its log goes to /dev/null: stderr is the guest's socket, and an error there reads as HTTP.
             for ip, gport, hport in self.guestfwds:
-                net += f",guestfwd=tcp:{ip}:{gport}-cmd:socat STDIO TCP:127.0.0.1:{hport}"
+                net += f",guestfwd=tcp:{ip}:{gport}-cmd:socat -lf /dev/null STDIO TCP:127.0.0.1:{hport}"
             cmd += ["-netdev", net, "-device", "virtio-net-pci,netdev=n0"]
         return cmd
 

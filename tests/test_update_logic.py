@@ -1,0 +1,114 @@
+"""The pure parts of the device's update verbs: kernel arguments, pruning, rollback order, errors."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import pytest
+
+from imagemode.boot.kargs import replace_image_kargs
+from imagemode.errors import ImagemodeError
+from imagemode.host import rollback
+from imagemode.host.origin import image_of, origin
+from imagemode.host.prune import refs_to_delete
+from imagemode.oci.reference import parse
+from imagemode.run import RunError
+from imagemode.store.fetch import explain
+from imagemode.store.importer import layer_ref
+from imagemode.ui import Transfer
+
+
+def test_image_kargs_replaced_in_place_machine_kargs_kept() -> None:
+    current = [
+        "root=UUID=x",
+        "rw",
+        "console=tty0",
+        "hello.version=1",
+        "quiet",
+        "ostree=/ostree/boot.1/a/b/0",
+    ]
+    out = replace_image_kargs(
+        current, ["console=tty0", "hello.version=1"], ["console=ttyS0", "hello.version=2"]
+    )
+    assert out == ["root=UUID=x", "rw", "console=ttyS0", "hello.version=2", "quiet"]
+
+
+def test_karg_the_machine_also_set_survives() -> None:
+    out = replace_image_kargs(["quiet", "a=1", "quiet"], ["quiet"], [])
+    assert out == ["a=1", "quiet"]
+
+
+def test_new_image_kargs_go_last_when_the_old_image_had_none() -> None:
+    assert replace_image_kargs(["root=x", "rw"], [], ["b=2"]) == ["root=x", "rw", "b=2"]
+
+
+def test_prune_keeps_deployed_images_and_their_layers() -> None:
+    images = {"imagemode/image/a": "c1", "imagemode/image/b": "c2", "imagemode/image/old": "c3"}
+    layers = [layer_ref(d) for d in ("sha256:1", "sha256:2", "sha256:3", "sha256:9")]
+    diff_ids = {"c1": ["sha256:1"], "c2": ["sha256:1", "sha256:2"], "c3": ["sha256:3"], "c4": ["sha256:9"]}
+    doomed = refs_to_delete(images, layers, {"c1", "c2", "c4"}, diff_ids)
+    # c4 is deployed without an image ref of its own (a disk's first deployment): its layer stays.
+    assert doomed == ["imagemode/image/old", layer_ref("sha256:3")]
+
+
+@dataclass
+class Dep:
+    csum: str
+    serial: int = 0
+
+    def get_csum(self) -> str:
+        return self.csum
+
+    def get_deployserial(self) -> int:
+        return self.serial
+
+
+def test_rollback_moves_the_rollback_first_and_a_second_one_undoes_it() -> None:
+    v2, v1 = Dep("v2"), Dep("v1")
+    once = rollback.reorder([v2, v1], booted=v2)
+    assert once == [v1, v2]
+    assert rollback.reorder(once, booted=v2) == [v2, v1]
+
+
+def test_rollback_without_a_second_deployment() -> None:
+    with pytest.raises(ImagemodeError, match="no rollback deployment"):
+        rollback.reorder([Dep("v1")], booted=Dep("v1"))
+
+
+def test_origin_round_trip_and_bootc_forms() -> None:
+    assert image_of(origin("docker://r.example/os:1")) == "docker://r.example/os:1"
+    assert image_of("[origin]\ncontainer-image-reference=ostree-unverified-registry:r.example/os:1\n") == (
+        "docker://r.example/os:1"
+    )
+    assert image_of("[origin]\nrefspec=debian:main\n") is None
+
+
+@pytest.mark.parametrize(
+    ("stderr", "cause"),
+    [
+        ('time="t" level=fatal msg="reading manifest v9 in r/x: manifest unknown"', "image not found"),
+        ('time="t" level=fatal msg="r/x: unauthorized: authentication required"', "401 unauthorized"),
+        ('pinging container registry r: Get "http://r/v2/": dial tcp: connection refused', "unreachable"),
+        ('Get "https://r/v2/": http: server gave HTTP response to HTTPS client', "plain HTTP"),
+    ],
+)
+def test_skopeo_errors_are_named(stderr: str, cause: str) -> None:
+    msg = str(explain(parse("r.example/x:v9"), RunError(["skopeo"], 1, stderr)))
+    assert msg.startswith("cannot read docker://r.example/x:v9: ") and cause in msg
+    assert "level=fatal" not in msg and "\n" not in msg
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_transfer_bar_has_bytes_rate_and_eta() -> None:
+    out = Tty()
+    t = Transfer("fetching", stream=out)
+    t(1024 * 1024, 4 * 1024 * 1024, 2.0)
+    assert "1.0 MiB / 4.0 MiB" in out.getvalue() and "512.0 KiB/s" in out.getvalue()
+    assert "ETA 0:06" in out.getvalue()
+    t(4 * 1024 * 1024, 4 * 1024 * 1024, 8.0)
+    assert out.getvalue().endswith("\n")
