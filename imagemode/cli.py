@@ -696,3 +696,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imagemode: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        # libostree's errors arrive as GLib.Error; they are as much a one-line error as ours.
+        if type(e).__module__.startswith("gi.") and hasattr(e, "message"):
+            print(f"imagemode: error: libostree: {e.message}", file=sys.stderr)
+            return 1
+        raise

@@ -148,6 +148,28 @@ def new_kargs(sysroot: Any, repo: Repo, merge: Any, commit: str, work: Path) -> 
     return kargs.replace_image_kargs(sr.kargs_of(merge), old_image, kargs.commit_kargs(repo, commit, work))
 
 
+def stage(sysroot: Any, commit: str, target: ImageRef, merge: Any, args: list[str], hold: bool) -> str:
+    """Stage `commit` for the next boot; `hold`: leave it unfinalized at shutdown (--download-only).
+    Returns the new deployment's checksum.serial."""
+    if hold:
+        # Before staging: a shutdown between the two must not finalize what is download-only.
+        _write_atomic(sr.DOWNLOAD_ONLY, "pending\n")
+    try:
+        _, new = sysroot.stage_tree(
+            sr.STATEROOT, commit, _keyfile(origin.origin(target.skopeo)), merge, args, None
+        )
+    except Exception:
+        if hold:
+            sr.DOWNLOAD_ONLY.unlink(missing_ok=True)
+        raise
+    serial = f"{new.get_csum()}.{new.get_deployserial()}"
+    if hold:
+        _write_atomic(sr.DOWNLOAD_ONLY, serial + "\n")
+    else:
+        sr.DOWNLOAD_ONLY.unlink(missing_ok=True)
+    return serial
+
+
 def update(
     opts: UpdateOptions,
     on_bytes: fetch.OnBytes | None = None,
@@ -214,22 +236,7 @@ def update(
             shutil.rmtree(work, ignore_errors=True)
         prune.drop_extra_deployments(sysroot)
         say("staging")
-        if opts.download_only:
-            # Before staging: a shutdown between the two must not finalize what is download-only.
-            _write_atomic(sr.DOWNLOAD_ONLY, "pending\n")
-        try:
-            _, new = sysroot.stage_tree(
-                sr.STATEROOT, imp.commit, _keyfile(origin.origin(target.skopeo)), merge, args, None
-            )
-        except Exception:
-            if opts.download_only:
-                sr.DOWNLOAD_ONLY.unlink(missing_ok=True)
-            raise
-        serial = f"{new.get_csum()}.{new.get_deployserial()}"
-        if opts.download_only:
-            _write_atomic(sr.DOWNLOAD_ONLY, serial + "\n")
-        else:
-            sr.DOWNLOAD_ONLY.unlink(missing_ok=True)
+        serial = stage(sysroot, imp.commit, target, merge, args, opts.download_only)
         sr.CACHED_UPDATE.unlink(missing_ok=True)
         sysroot.load(None)
         _, freed = prune.prune_store(sysroot, repo)
