@@ -99,8 +99,9 @@ def main() -> None:
                             secs, out = guest_time(
                                 vm, "ostree pull --repo=/sysroot/ostree/repo bench bench/v2 &&"
                                 " ostree admin deploy --stage --os=default bench:bench/v2")  # fmt: skip
-                            m = re.search(r"([0-9.]+) ([kMG]?B) transferred", out)
-                            unit = {"B": 1, "kB": 1000, "MB": 10**6, "GB": 10**9}
+                            # g_format_size: "569 bytes", "3.2 kB", "1.5 MB"
+                            m = re.search(r"([0-9.]+) (bytes|kB|MB|GB) transferred", out)
+                            unit = {"bytes": 1, "kB": 1000, "MB": 10**6, "GB": 10**9}
                             sizes["ostree"] = int(float(m.group(1)) * unit[m.group(2)]) if m else -1
                         rows[side].append(secs)
                         vm.kill()

@@ -299,7 +299,9 @@ def _update(args: argparse.Namespace, image: Any) -> int:
                 f"fetched {r.layers_fetched} of {r.layers_total} layers ({human_size(r.bytes_fetched)})"
                 if r.layers_total else "applied the downloaded update"
             )  # fmt: skip
-            print(f"staged {what}\n  {fetched} in {r.seconds:.1f}s; freed {human_size(r.pruned_bytes)}")
+            print(f"staged {what}\n  {fetched} in {r.seconds:.1f}s")
+            if r.refs_removed:
+                print(f"  {r.refs_removed} unused image and layer refs removed; space is freed at next boot")
             if r.outcome is Out.DOWNLOADED:
                 print("  download only: not applied at shutdown; apply: imagemode upgrade --from-downloaded")
             else:
@@ -342,7 +344,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     r = prune()
     if args.json:
         _json_out(r)
-    else:
+    elif not args.quiet:
         print(
             f"freed {human_size(r['bytes_freed'])}: {r['refs_removed']} image and layer refs,"
             f" {r['deployments_removed']} deployments"
@@ -414,6 +416,7 @@ def _device_verbs(sub: Any) -> None:
         "remove the images and layers no deployment uses, and print the space freed.",
     )
     pr.add_argument("--json", action="store_true", help="print the result as JSON")
+    pr.add_argument("--quiet", action="store_true", help="print nothing but errors")
     pr.set_defaults(func=cmd_prune)
 
 

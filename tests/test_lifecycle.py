@@ -253,6 +253,11 @@ def test_rollback_twice_undoes_and_thrice_queues(vm: VM) -> None:
 
 
 def test_prune_keeps_what_deployments_use(vm: VM) -> None:
+    # The upgrade removed refs; imagemode-prune.service freed their objects at this boot.
+    vm.exec("systemctl is-system-running --wait", check=False)  # the boot's jobs, this one included
+    ran = vm.exec("systemctl show -p Result -p ExecMainStartTimestampMonotonic imagemode-prune").stdout
+    assert "Result=success" in ran and "ExecMainStartTimestampMonotonic=0" not in ran, ran
+    assert vm.exec("test -e /sysroot/ostree/imagemode/prune-pending", check=False).returncode != 0
     result = json.loads(vm.exec("imagemode prune --json").stdout)
     assert result["deployments_removed"] == 0 and result["bytes_freed"] >= 0, result
     deployed = set(vm.exec("ls /ostree/deploy/default/deploy | grep -v origin | cut -d. -f1").stdout.split())

@@ -39,8 +39,13 @@ def refs_to_delete(
     return doomed + [r for r in layer_refs if r not in needed]
 
 
-def prune_store(sysroot: Any, repo: Repo) -> tuple[int, int]:
-    """Remove what no deployment needs. Returns (refs removed, bytes freed as `ostree prune` counts)."""
+def prune_store(sysroot: Any, repo: Repo, objects: bool = True) -> tuple[int, int]:
+    """Remove what no deployment needs. Returns (refs removed, bytes freed as `ostree prune` counts).
+
+    objects=False only deletes the refs and leaves a marker: pruning walks every object of the store
+    (5 s on an emulated device), so an update leaves it to imagemode-prune.service at the next boot,
+    as ostree leaves its own cleanup after finalization.
+    """
     deployed = {d.get_csum() for d in sysroot.get_deployments()}
     image_refs = {r: repo.resolve(r) or "" for r in repo.refs(importer.IMAGE_REF.rstrip("/"))}
     layer_refs = repo.refs(importer.LAYER_REF.rstrip("/"))
@@ -51,7 +56,13 @@ def prune_store(sysroot: Any, repo: Repo) -> tuple[int, int]:
     doomed = refs_to_delete(image_refs, layer_refs, deployed, diff_ids)
     for ref in doomed:
         repo.delete_ref(ref)
+    if not objects:
+        if doomed:
+            sr.PRUNE_PENDING.parent.mkdir(parents=True, exist_ok=True)
+            sr.PRUNE_PENDING.touch()
+        return len(doomed), 0
     freed = repo.prune()
+    sr.PRUNE_PENDING.unlink(missing_ok=True)
     # Deployment directories and boot files that nothing lists any more; the repo was pruned above.
     sysroot.prepare_cleanup(None)
     return len(doomed), freed

@@ -23,6 +23,8 @@ CACHED_UPDATE = Path("/var/lib/imagemode/cached-update.json")
 # A staged deployment that ostree-finalize-staged.service must leave alone at shutdown (its drop-in
 # checks this file): `upgrade --download-only`. It lives in /run, as the staged deployment does.
 DOWNLOAD_ONLY = Path("/run/imagemode/download-only")
+# An update removed refs: imagemode-prune.service frees their objects at the next boot.
+PRUNE_PENDING = WORK / "prune-pending"
 
 
 class NotADeviceError(ImagemodeError):

@@ -72,7 +72,7 @@ class UpdateResult:
     seconds: float = 0.0
     staged: str = ""  # checksum.serial of the staged deployment
     kargs: tuple[str, ...] = ()
-    pruned_bytes: int = 0
+    refs_removed: int = 0  # image and layer refs nothing uses; objects freed at the next boot
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -239,7 +239,7 @@ def update(
         serial = stage(sysroot, imp.commit, target, merge, args, opts.download_only)
         sr.CACHED_UPDATE.unlink(missing_ok=True)
         sysroot.load(None)
-        _, freed = prune.prune_store(sysroot, repo)
+        refs_removed, _ = prune.prune_store(sysroot, repo, objects=False)
         return UpdateResult(
             Outcome.DOWNLOADED if opts.download_only else Outcome.STAGED,
             target.skopeo,
@@ -251,5 +251,5 @@ def update(
             seconds=round(time.monotonic() - t0, 1),
             staged=serial,
             kargs=tuple(args),
-            pruned_bytes=freed,
+            refs_removed=refs_removed,
         )
