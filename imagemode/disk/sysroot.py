@@ -13,11 +13,9 @@ from pathlib import Path
 
 from imagemode.boot import grub
 from imagemode.disk.config import ConfigError, DiskConfig, User
-from imagemode.host.origin import origin
+from imagemode.host.origin import STATEROOT, origin
 from imagemode.run import RunError, run
 from imagemode.store.ostree import Repo
-
-STATEROOT = "default"  # bootc's name for the stateroot
 
 
 def deploy(

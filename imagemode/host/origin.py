@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 
+STATEROOT = "default"  # bootc's name for the stateroot
 ORIGIN_KEY = "container-image-reference"
 UNVERIFIED = "ostree-unverified-image:"
 

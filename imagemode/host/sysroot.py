@@ -12,9 +12,8 @@ from imagemode.errors import ImagemodeError
 from imagemode.host import origin as origins
 from imagemode.host.status import Deployment
 from imagemode.store import importer
-from imagemode.store.libostree import BindingsMissingError, gi
+from imagemode.store.libostree import BindingsMissingError, commit_string, gi
 
-STATEROOT = "default"
 REPO = Path("/sysroot/ostree/repo")
 # Work files live beside the repo, on the same mount: checkouts hard-link from it (/var is another
 # mount of the same filesystem, and link() refuses to cross mounts).
@@ -69,9 +68,7 @@ def locked(path: str = "/") -> Iterator[Any]:
 
 
 def commit_meta(sysroot: Any, csum: str, key: str) -> str | None:
-    _, commit, _ = sysroot.repo().load_commit(csum)
-    v = commit.get_child_value(0).lookup_value(key, gi().GLib.VariantType.new("s"))
-    return v.get_string() if v is not None else None
+    return commit_string(sysroot.repo(), csum, key)
 
 
 def config_of(sysroot: Any, csum: str) -> dict[str, Any]:

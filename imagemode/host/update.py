@@ -156,7 +156,7 @@ def stage(sysroot: Any, commit: str, target: ImageRef, merge: Any, args: list[st
         _write_atomic(sr.DOWNLOAD_ONLY, "pending\n")
     try:
         _, new = sysroot.stage_tree(
-            sr.STATEROOT, commit, _keyfile(origin.origin(target.skopeo)), merge, args, None
+            origin.STATEROOT, commit, _keyfile(origin.origin(target.skopeo)), merge, args, None
         )
     except Exception:
         if hold:
@@ -230,7 +230,7 @@ def update(
                 repo, target, work, remote=remote, authfile=authfile, on_bytes=on_bytes, check_bootable=True
             )
             check_etc(sysroot, repo, booted, imp.commit, work)
-            merge = sysroot.get_merge_deployment(sr.STATEROOT)
+            merge = sysroot.get_merge_deployment(origin.STATEROOT)
             args = new_kargs(sysroot, repo, merge, imp.commit, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)

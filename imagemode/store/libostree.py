@@ -28,3 +28,10 @@ def gi() -> Any:
             " gir1.2-ostree-1.0"
         ) from e
     return SimpleNamespace(OSTree=OSTree, Gio=Gio, GLib=GLib)
+
+
+def commit_string(repo: Any, checksum: str, key: str) -> str | None:
+    """A string in a commit's metadata (an OSTree.Repo and a commit checksum), or None."""
+    _, commit, _ = repo.load_commit(checksum)
+    v = commit.get_child_value(0).lookup_value(key, gi().GLib.VariantType.new("s"))
+    return v.get_string() if v is not None else None

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from imagemode.run import run
-from imagemode.store.libostree import gi
+from imagemode.store.libostree import commit_string, gi
 
 
 class Repo:
@@ -87,10 +87,5 @@ class Repo:
 
     def metadata(self, rev: str, key: str) -> str | None:
         """A string metadata value of a commit, or None."""
-        g = gi()
         csum = self.resolve(rev)
-        if csum is None:
-            return None
-        _, commit, _ = self.handle.load_commit(csum)
-        v = commit.get_child_value(0).lookup_value(key, g.GLib.VariantType.new("s"))
-        return v.get_string() if v is not None else None
+        return commit_string(self.handle, csum, key) if csum else None
