@@ -11,21 +11,23 @@ VMs from copy-on-write overlays of the same v1 disk, one after the other:
   127.0.0.1 (guestfwd 10.0.2.101:8000): `ostree pull` + `ostree admin deploy --stage`.
 
 Both are timed inside the guest (bash's `time`), so SSH is not counted. Bytes: what imagemode reports
-it fetched, and what `ostree pull` says it transferred. Prints JSON with the ratio.
+it fetched, and what the HTTP server sent to `ostree pull`. Prints JSON with the ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -51,6 +53,27 @@ def guest_time(vm: VM, command: str) -> tuple[float, str]:
     return float(seconds), "\n".join(lines)
 
 
+SENT = [0]  # bytes the HTTP server sent: what `ostree pull` downloaded
+
+
+def serve(directory: Path, port: int) -> ThreadingHTTPServer:
+    class Counting(SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            super().__init__(*args, directory=str(directory), **kw)
+
+        def copyfile(self, source: Any, outputfile: Any) -> None:
+            data = source.read()
+            SENT[0] += len(data)
+            outputfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Counting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=1)
@@ -73,9 +96,7 @@ def main() -> None:
         sh("ostree", f"--repo={served.path}", "pull-local", str(store.path), v2.commit)
         sh("ostree", f"--repo={served.path}", "refs", "--create=bench/v2", v2.commit)
         http_port = free_port()
-        http = subprocess.Popen(
-            [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(http_port), "--directory",
-             str(work / "http")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        http = serve(work / "http", http_port)
         rows: dict[str, list[float]] = {"imagemode": [], "ostree": []}
         sizes: dict[str, int] = {}
         with Registry() as registry:
@@ -100,12 +121,11 @@ def main() -> None:
                                 vm, "ostree pull --repo=/sysroot/ostree/repo bench bench/v2 &&"
                                 " ostree admin deploy --stage --os=default bench:bench/v2")  # fmt: skip
                             # g_format_size: "569 bytes", "3.2 kB", "1.5 MB"
-                            m = re.search(r"([0-9.]+) (bytes|kB|MB|GB) transferred", out)
-                            unit = {"bytes": 1, "kB": 1000, "MB": 10**6, "GB": 10**9}
-                            sizes["ostree"] = int(float(m.group(1)) * unit[m.group(2)]) if m else -1
+                            sizes["ostree"] = SENT[0]
+                            SENT[0] = 0
                         rows[side].append(secs)
                         vm.kill()
-        http.terminate()
+        http.shutdown()
         med = {k: statistics.median(v) for k, v in rows.items()}
         print(json.dumps({
             "runs": rows,

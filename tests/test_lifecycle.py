@@ -63,7 +63,7 @@ def images(base_image: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
 def registries(images: dict[str, str]) -> Iterator[tuple[Registry, Registry]]:
     with Registry() as open_, Registry(user="edge", password="s3cret") as auth:
         open_.push(f"containers-storage:{V1}", "imagemode/hello:latest")
-        open_.push(f"containers-storage:{V2}", "imagemode/hello:v2")
+        open_.push(f"containers-storage:{V2}", "imagemode/hello-next:v2")
         open_.push(f"containers-storage:{CONFLICT}", "imagemode/hello:conflict")
         open_.push("containers-storage:localhost/imagemode/nokernel:lc", "imagemode/nokernel:v1")
         auth.push(f"containers-storage:{V1}", "imagemode/hello:v1")
@@ -219,6 +219,18 @@ def test_download_only_then_upgrade(vm: VM) -> None:
     assert "hello_conflict" not in refs and "hello_latest" in refs
 
 
+def test_switch_to_another_repository(vm: VM) -> None:
+    """The same v2 under another repository name: a new deployment that follows the new name."""
+    result = json.loads(vm.exec(f"imagemode switch {OPEN}/imagemode/hello-next:v2 --json").stdout)
+    assert result["outcome"] == "staged" and result["layers_fetched"] == 0, result
+    st = status(vm)
+    assert st["spec"]["image"] == {"image": f"{OPEN}/imagemode/hello-next:v2", "transport": "registry"}
+    staged = st["status"]["staged"]
+    assert staged["image"]["image"]["image"] == f"{OPEN}/imagemode/hello-next:v2"
+    assert staged["image"]["version"] == "2" and staged["downloadOnly"] is False
+    assert f"{staged['ostree']['checksum']}.{staged['ostree']['deploySerial']}" == result["staged"]
+
+
 def test_upgrade_service_applies_and_reboots(vm: VM) -> None:
     """The timer's service: `upgrade --apply --quiet` finds v2 staged and reboots (here: powers off)."""
     vm.exec("systemctl start --no-block imagemode-upgrade.service")
@@ -232,6 +244,7 @@ def test_v2_booted_with_local_etc_kept(vm: VM, images: dict[str, str]) -> None:
     vm.start().wait_ssh(900)
     st = status(vm)
     assert st["status"]["booted"]["image"]["version"] == "2"
+    assert st["spec"]["image"]["image"] == f"{OPEN}/imagemode/hello-next:v2"
     assert st["status"]["rollback"]["image"]["imageDigest"] == images[V1]
     assert vm.exec("test -e /usr/share/hello/v2").returncode == 0
     assert LOCAL_EDIT in vm.exec("cat /etc/motd").stdout  # the local edit, merged
