@@ -41,9 +41,13 @@ def copy(
     run([*cmd, s, d], watchdog=watchdog)
 
 
-def inspect_raw(ref: ImageRef, *, config: bool = False, authfile: Path | None = None) -> str:
+def inspect_raw(
+    ref: ImageRef, *, config: bool = False, authfile: Path | None = None, tls_verify: bool = True
+) -> str:
     """The raw manifest (or config) bytes of `ref`, as text; no layer is read."""
     cmd = ["skopeo", "inspect", "--raw", *(["--config"] if config else [])]
+    if not tls_verify:
+        cmd.append("--tls-verify=false")
     if authfile is not None:
         cmd.append(f"--authfile={authfile}")
     return run([*cmd, ref.skopeo]).stdout

@@ -69,6 +69,7 @@ class Remote:
     digest: str
     manifest: dict[str, Any]
     config: dict[str, Any]
+    tls_verify: bool = True  # False only for a plain-HTTP registry given by the caller (tests)
 
     @property
     def config_digest(self) -> str:
@@ -91,10 +92,13 @@ def _sha256(text: str) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
-def inspect(ref: ImageRef, authfile: Path | None = None) -> Remote:
-    """The manifest and config of `ref`. A manifest list resolves to this machine's platform."""
+def inspect(ref: ImageRef, authfile: Path | None = None, tls_verify: bool = True) -> Remote:
+    """The manifest and config of `ref`. A manifest list resolves to this machine's platform.
+
+    A device says which registries speak plain HTTP in registries.conf; `tls_verify=False` is for
+    callers that cannot write it (tests on a build host)."""
     try:
-        raw = storage.inspect_raw(ref, authfile=authfile)
+        raw = storage.inspect_raw(ref, authfile=authfile, tls_verify=tls_verify)
         manifest: dict[str, Any] = json.loads(raw)
         source = ref
         if "manifests" in manifest:
@@ -107,16 +111,18 @@ def inspect(ref: ImageRef, authfile: Path | None = None) -> Remote:
             if not found or ref.transport is not Transport.REGISTRY:
                 raise FetchError(f"{ref.skopeo}: a manifest list without a linux/{arch} image")
             source = ImageRef(ref.transport, name=ref.name, digest=found[0]["digest"])
-            raw = storage.inspect_raw(source, authfile=authfile)
+            raw = storage.inspect_raw(source, authfile=authfile, tls_verify=tls_verify)
             manifest = json.loads(raw)
         if "layers" not in manifest:
             raise FetchError(f"{ref.skopeo}: not an image manifest ({manifest.get('mediaType', 'no type')})")
-        config: dict[str, Any] = json.loads(storage.inspect_raw(source, config=True, authfile=authfile))
+        config: dict[str, Any] = json.loads(
+            storage.inspect_raw(source, config=True, authfile=authfile, tls_verify=tls_verify)
+        )
     except RunError as e:
         raise explain(ref, e) from None
     except json.JSONDecodeError as e:
         raise FetchError(f"{ref.skopeo}: the manifest or config is not JSON ({e})") from None
-    return Remote(ref, source, _sha256(raw), manifest, config)
+    return Remote(ref, source, _sha256(raw), manifest, config, tls_verify)
 
 
 def _blob_path(layout: Path, digest: str) -> Path:
@@ -179,6 +185,7 @@ def fetch(
             remote.source,
             ImageRef(Transport.OCI, path=os.fspath(layout), tag="image"),
             preserve_digests=True,
+            src_tls_verify=remote.tls_verify,
             src_authfile=authfile,
             watchdog=watch,
         )
