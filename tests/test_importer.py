@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from imagemode.oci.layout import Layout, write_layer
-from imagemode.store import importer
+from imagemode.store import compose, importer
 from imagemode.store.ostree import Repo
 
 EPOCH = 1_700_000_000
@@ -90,7 +90,7 @@ def test_import_applies_whiteouts_and_layout(tmp_path: Path, base_layer: Path) -
     assert (out / "usr/etc/app.conf").read_text() == "a=1\n" and not (out / "etc").exists()
     assert list((out / "var").iterdir()) == []
     assert (out / "usr/share/factory/var/lib/app/state").exists()
-    conf = (out / importer.VAR_TMPFILES).read_text()
+    conf = (out / compose.VAR_TMPFILES).read_text()
     assert "C /var/lib/app - - - - /usr/share/factory/var/lib/app" in conf
     assert (out.stat().st_mode & 0o777) == 0o755
     # the commit carries what status needs

@@ -28,8 +28,6 @@ from imagemode.store.ostree import Repo
 REF_NAME = "org.opencontainers.image.ref.name"
 LAYER_REF = "imagemode/layer/"
 IMAGE_REF = "imagemode/image/"
-FACTORY_VAR = compose.FACTORY_VAR
-VAR_TMPFILES = compose.VAR_TMPFILES
 
 # Commit metadata keys: the contract between the importer and `status`.
 META_IMAGE = "imagemode.image"

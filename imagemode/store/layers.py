@@ -1,6 +1,7 @@
 """One OCI layer tar into a directory, exactly: owners, modes, setuid bits, xattrs, hard links.
 
-Whiteouts are not written as files. They are returned, and the merge applies them:
+Whiteouts are not written as files. They are returned, and the composition applies them
+(imagemode.store.compose):
 - `.wh.NAME` deletes NAME from the layers below;
 - `.wh..wh..opq` in a directory hides everything the layers below put there.
 
@@ -109,21 +110,3 @@ def extract(tar_path: Path, dest: Path) -> Whiteouts:
         os.chmod(path, stat.S_IMODE(mode))
         os.utime(path, (mtime, mtime))
     return wh
-
-
-def remove_path(path: Path) -> None:
-    if path.is_symlink() or (path.exists() and not path.is_dir()):
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)
-
-
-def apply_whiteouts(merged: Path, wh: Whiteouts) -> None:
-    """Apply one layer's whiteouts to the tree of the layers below it."""
-    for d in wh.opaque:
-        target = merged / d
-        if target.is_dir() and not target.is_symlink():
-            for child in target.iterdir():
-                remove_path(child)
-    for p in wh.deleted:
-        remove_path(merged / p)

@@ -63,7 +63,6 @@ class Repo:
         subject: str = "",
         metadata: Mapping[str, str] | None = None,
         timestamp: int | None = None,
-        link_checkout_speedup: bool = False,
     ) -> str:
         args: list[str | os.PathLike[str]] = [
             "commit",
@@ -75,15 +74,9 @@ class Repo:
             args.append(f"--subject={subject}")
         if timestamp is not None:
             args.append(f"--timestamp=@{timestamp}")
-        if link_checkout_speedup:
-            args.append("--link-checkout-speedup")
         for k, v in (metadata or {}).items():
             args.append(f"--add-metadata-string={k}={v}")
         return self._ostree(*args).strip()
-
-    def checkout_union(self, rev: str, dest: Path) -> None:
-        """Check `rev` out over `dest` by hard links; files already there are replaced."""
-        self._ostree("checkout", "--union", rev, dest)
 
     def metadata(self, rev: str, key: str) -> str | None:
         """A string metadata value of a commit, or None."""
