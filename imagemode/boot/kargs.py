@@ -12,7 +12,6 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-from imagemode.run import run
 from imagemode.store.ostree import Repo
 
 KARGS_D = "usr/lib/bootc/kargs.d"
@@ -35,8 +34,7 @@ def commit_kargs(repo: Repo, commit: str, work: Path) -> list[str]:
     """An image's kargs.d, read from its commit without checking the whole tree out."""
     with tempfile.TemporaryDirectory(prefix="kargs-", dir=work) as tmp:
         d = Path(tmp) / "kargs.d"
-        # check=False: an image without kargs.d has no such subpath, and then no kernel arguments.
-        run(["ostree", f"--repo={repo.path}", "checkout", f"--subpath=/{KARGS_D}", commit, d], check=False)
+        repo.checkout_subpath(commit, KARGS_D, d)  # no kargs.d: no kernel arguments
         return image_kargs(d)
 
 

@@ -33,7 +33,6 @@ from imagemode.host import sysroot as sr
 from imagemode.host.status import image_reference
 from imagemode.oci import auth
 from imagemode.oci.reference import ImageRef, parse
-from imagemode.run import run
 from imagemode.store import fetch, importer
 from imagemode.store.libostree import gi
 from imagemode.store.ostree import Repo
@@ -131,8 +130,7 @@ def _keyfile(text: str) -> Any:
 
 def check_etc(sysroot: Any, repo: Repo, booted: Any, commit: str, work: Path) -> None:
     new_etc = work / "new-etc"
-    # check=False: an image without /etc has no such subpath; then nothing can clash.
-    run(["ostree", f"--repo={repo.path}", "checkout", "--subpath=/usr/etc", commit, new_etc], check=False)
+    repo.checkout_subpath(commit, "usr/etc", new_etc)  # no /etc in the image: nothing can clash
     old_etc = sr.deployment_dir(sysroot, booted) / "usr/etc"
     found = etc.conflicts(Path("/etc"), old_etc, new_etc)
     if found:

@@ -78,6 +78,13 @@ class Repo:
             args.append(f"--add-metadata-string={k}={v}")
         return self._ostree(*args).strip()
 
+    def checkout_subpath(self, rev: str, subpath: str, dest: Path) -> bool:
+        """Check one directory of `rev` out into `dest`, by hard links. False when `rev` has no such
+        path, which is no error: an image may ship no kargs.d, or no /etc."""
+        sub = f"--subpath=/{subpath.strip('/')}"
+        run(["ostree", f"--repo={self.path}", "checkout", sub, rev, os.fspath(dest)], check=False)
+        return dest.is_dir()
+
     def metadata(self, rev: str, key: str) -> str | None:
         """A string metadata value of a commit, or None."""
         csum = self.resolve(rev)
