@@ -25,6 +25,7 @@ def copy(
     src_tls_verify: bool = True,
     dest_tls_verify: bool = True,
     src_authfile: Path | None = None,
+    dest_creds: str | None = None,  # USER:PASSWORD
     watchdog: Callable[[], str | None] | None = None,
 ) -> None:
     s = src.skopeo if isinstance(src, ImageRef) else src
@@ -38,6 +39,8 @@ def copy(
         cmd.append("--dest-tls-verify=false")
     if src_authfile is not None:
         cmd.append(f"--src-authfile={src_authfile}")
+    if dest_creds is not None:
+        cmd.append(f"--dest-creds={dest_creds}")
     run([*cmd, s, d], watchdog=watchdog)
 
 

@@ -76,14 +76,8 @@ class Registry:
         """Copy `source` to NAME[:TAG] in this registry (layers gzip-compressed, as a registry serves
         them); returns the reference as this host sees it."""
         dest = parse(f"{self.address}/{name}")
-        creds = f"--dest-creds={self.user}:{self.password}" if self.user else None
-        if creds:
-            from imagemode.run import run
-
-            run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", creds,
-                 source.skopeo if isinstance(source, ImageRef) else source, dest.skopeo])  # fmt: skip
-        else:
-            storage.copy(source, dest, dest_tls_verify=False)
+        creds = f"{self.user}:{self.password}" if self.user else None
+        storage.copy(source, dest, dest_tls_verify=False, dest_creds=creds)
         return dest
 
     def stop(self) -> None:
