@@ -12,7 +12,7 @@ from imagemode.errors import ImagemodeError
 from imagemode.host import origin as origins
 from imagemode.host.status import Deployment
 from imagemode.store import importer
-from imagemode.store.libostree import BindingsMissingError, commit_string, gi
+from imagemode.store.libostree import BindingsMissingError, commit_string, gi, string_metadata
 
 REPO = Path("/sysroot/ostree/repo")
 # Work files live beside the repo, on the same mount: checkouts hard-link from it (/var is another
@@ -71,11 +71,6 @@ def commit_meta(sysroot: Any, csum: str, key: str) -> str | None:
     return commit_string(sysroot.repo(), csum, key)
 
 
-def config_of(sysroot: Any, csum: str) -> dict[str, Any]:
-    config: dict[str, Any] = json.loads(commit_meta(sysroot, csum, importer.META_CONFIG) or "{}")
-    return config
-
-
 def origin_image(dep: Any) -> str | None:
     """The image a deployment follows, from its origin file."""
     kf = dep.get_origin()
@@ -115,15 +110,17 @@ def describe(sysroot: Any, dep: Any, staged: bool = False) -> Deployment:
     ostree = _ostree()
     csum = dep.get_csum()
     _, commit, _ = sysroot.repo().load_commit(csum)
+    meta = string_metadata(commit)
+    config = json.loads(meta.get(importer.META_CONFIG) or "{}")
     return Deployment(
         stateroot=dep.get_osname(),
         checksum=csum,
         serial=dep.get_deployserial(),
-        image=origin_image(dep) or commit_meta(sysroot, csum, importer.META_IMAGE) or "",
-        digest=commit_meta(sysroot, csum, importer.META_DIGEST) or "",
-        version=commit_meta(sysroot, csum, importer.META_VERSION),
+        image=origin_image(dep) or meta.get(importer.META_IMAGE) or "",
+        digest=meta.get(importer.META_DIGEST) or "",
+        version=meta.get(importer.META_VERSION),
         timestamp=ostree.commit_get_timestamp(commit),
-        architecture=config_of(sysroot, csum).get("architecture", ""),
+        architecture=config.get("architecture", ""),
         pinned=dep.is_pinned(),
         download_only=staged and download_only(dep),
     )

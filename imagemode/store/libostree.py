@@ -30,8 +30,19 @@ def gi() -> Any:
     return SimpleNamespace(OSTree=OSTree, Gio=Gio, GLib=GLib)
 
 
+def string_metadata(commit: Any) -> dict[str, str]:
+    """The string values of a loaded commit's metadata (its a{sv})."""
+    meta = commit.get_child_value(0)
+    out = {}
+    for i in range(meta.n_children()):
+        entry = meta.get_child_value(i)
+        value = entry.get_child_value(1).get_variant()
+        if value.get_type_string() == "s":
+            out[entry.get_child_value(0).get_string()] = value.get_string()
+    return out
+
+
 def commit_string(repo: Any, checksum: str, key: str) -> str | None:
     """A string in a commit's metadata (an OSTree.Repo and a commit checksum), or None."""
     _, commit, _ = repo.load_commit(checksum)
-    v = commit.get_child_value(0).lookup_value(key, gi().GLib.VariantType.new("s"))
-    return v.get_string() if v is not None else None
+    return string_metadata(commit).get(key)
