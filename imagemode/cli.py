@@ -6,6 +6,7 @@ import argparse
 import errno
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -294,6 +295,9 @@ def _update(args: argparse.Namespace, image: Any) -> int:
             print(f"{r.image} is the booted image: the device now follows it (no new deployment)")
         elif r.outcome is Out.ALREADY_STAGED:
             print(f"already staged: {what}; it boots at the next restart")
+        elif r.outcome is Out.FAILED_BEFORE:
+            print(f"not staged: {what} failed its health checks here at {r.failed_at}: {r.failed_reason}\n"
+                  f"  to allow it again: imagemode health --forget {r.digest}")  # fmt: skip
         else:
             fetched = (
                 f"fetched {r.layers_fetched} of {r.layers_total} layers ({human_size(r.bytes_fetched)})"
@@ -305,7 +309,8 @@ def _update(args: argparse.Namespace, image: Any) -> int:
             if r.outcome is Out.DOWNLOADED:
                 print("  download only: not applied at shutdown; apply: imagemode upgrade --from-downloaded")
             else:
-                print("  it boots at the next restart; imagemode rollback undoes it")
+                print(f"  it boots at the next restart, with {r.tries} tries to pass its health checks;"
+                      " imagemode rollback undoes it")  # fmt: skip
     if args.apply and r.outcome in (up.Outcome.STAGED, up.Outcome.ALREADY_STAGED):
         _reboot()
     return 0
@@ -350,6 +355,58 @@ def cmd_prune(args: argparse.Namespace) -> int:
             f" {r['deployments_removed']} deployments"
         )
     return 0
+
+
+def _print_result(r: Any, boot: bool) -> None:
+    from imagemode.health import checks
+
+    # Under systemd, a "<N>" prefix sets the journal priority: failures are errors, warnings warnings.
+    prio = {checks.PASSED: "<6>", checks.WARNED: "<4>", checks.FAILED: "<3>"}
+    prefix = prio.get(r.status, "") if boot and "INVOCATION_ID" in os.environ else ""
+    print(f"{prefix}{r.line()}", flush=True)
+
+
+def _print_health(rep: dict[str, Any]) -> None:
+    from imagemode.health import checks
+
+    print(f"deployment {rep['deployment']}: {rep['image']} {rep['digest']}")
+    for r in rep["results"]:
+        print(f"  {checks.Result(**r).line()}  [{r['seconds']:.1f}s]")
+    warned = sum(r["status"] == checks.WARNED for r in rep["results"])
+    verdict = "healthy" if rep["healthy"] else "FAILED"
+    print(f"{verdict} at {rep['at']}: {len(rep['results'])} checks, {warned} warned")
+    for a in rep.get("actions", []):
+        print(f"  {a}")
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from imagemode.health import state
+    from imagemode.host import health
+    from imagemode.host import sysroot as sr
+
+    sr.require_booted()  # results and records live on a device: the build host has none to show
+    if args.forget:
+        n = state.forget(args.forget)
+        print(f"forgot {n} failed deployment record{'s' if n != 1 else ''} of {args.forget}")
+        return 0
+    if args.show:
+        rep = state.last()
+        if not rep:
+            raise ImagemodeError("no health check has run on this device yet (imagemode health runs them)")
+    else:
+        say = (lambda r: None) if args.json else (lambda r: _print_result(r, args.boot))
+        report = health.run(boot=args.boot, say=say)
+        rep = report.to_dict()
+        if args.boot and not args.json:
+            for a in report.actions:
+                print(a, flush=True)
+    if args.json:
+        _json_out(rep)
+    elif not args.boot:
+        _print_health(rep)
+    if args.boot and rep.get("reboot"):
+        _reboot()
+    return 0 if rep["healthy"] else 1
 
 
 def _update_flags(p: argparse.ArgumentParser) -> None:
@@ -407,6 +464,28 @@ def _device_verbs(sub: Any) -> None:
     rb.add_argument("--apply", action="store_true", help="reboot now")
     rb.add_argument("--json", action="store_true", help="print the result as JSON")
     rb.set_defaults(func=cmd_rollback)
+
+    h = _verb(
+        sub,
+        "health",
+        help="run the health checks now and show the results",
+        description="Run the required and wanted checks (greenboot's layout, docs/health.md) and show "
+        "each result. Exit 1 when a required check failed. At boot, imagemode-health.service runs "
+        "--boot, which also keeps or rolls back a newly updated deployment.",
+    )
+    h.add_argument("--json", action="store_true", help="print the results as JSON")
+    h.add_argument("--show", action="store_true", help="show the last results without running anything")
+    h.add_argument(
+        "--boot",
+        action="store_true",
+        help="this boot's verdict: clear the boot counter, or fall back (imagemode-health.service)",
+    )
+    h.add_argument(
+        "--forget",
+        metavar="DIGEST",
+        help="let upgrade stage an image that failed here again (a digest, or all)",
+    )
+    h.set_defaults(func=cmd_health)
 
     pr = _verb(
         sub,

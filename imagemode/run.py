@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -221,3 +222,67 @@ def disk_watchdog(path: PathString, min_free: int = 1 << 20) -> Callable[[], str
 def which(program: str) -> str | None:
     """The path of `program` on PATH, or None."""
     return shutil.which(program)
+
+
+@dataclass(frozen=True)
+class Confined:
+    """How a program run by `run_confined` ended."""
+
+    returncode: int | None  # None: it did not finish in time, or could not start
+    output: bytes  # the tail of stdout and stderr together
+    seconds: float
+    error: str = ""  # why it did not run or finish
+
+
+def _tail_pump(stream: IO[bytes], buf: bytearray, keep: int) -> None:
+    for chunk in iter(lambda: stream.read1(65536), b""):  # type: ignore[attr-defined]
+        buf.extend(chunk)
+        del buf[:-keep]
+
+
+def run_confined(
+    cmd: Sequence[PathString],
+    *,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+    keep: int = 4096,
+    grace: float = 2.0,
+) -> Confined:
+    """Run a program nobody vouches for (a health check script) without letting it hold us up.
+
+    It gets its own session, so a timeout stops its whole process group (a shell script's `sleep`
+    included). Only the last `keep` bytes of its output stay in memory, whatever it prints. Nothing
+    raises: a program that cannot start (not executable, not a program) ends with `error` set.
+    """
+    argv = [os.fspath(c) for c in cmd]
+    log.debug("run (confined, %.0fs): %s", timeout, shlex.join(argv))
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})}, start_new_session=True,
+        )  # fmt: skip
+    except OSError as e:
+        return Confined(None, b"", time.monotonic() - t0, e.strerror or str(e))
+    assert proc.stdout is not None
+    buf = bytearray()
+    reader = threading.Thread(target=_tail_pump, args=(proc.stdout, buf, keep), daemon=True)
+    reader.start()
+    error = ""
+    try:
+        returncode: int | None = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        returncode, error = None, f"timed out after {timeout:g}s"
+        for sig, wait in ((15, grace), (9, None)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    # A descendant that left the session can keep the pipe open; do not wait for it.
+    reader.join(grace)
+    return Confined(returncode, bytes(buf), time.monotonic() - t0, error)

@@ -14,6 +14,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 IMAGEMODE = [sys.executable, "-m", "imagemode"]
 BASE_TAG = "localhost/imagemode/debian:12"
+# The device every VM test starts from: hello v1 on a disk that follows DEVICE_TARGET (the guest reaches
+# a registry there through guestfwd), built once per run; each test boots it on its own overlay.
+HELLO_V1, HELLO_V2 = "localhost/imagemode/hello:lc-v1", "localhost/imagemode/hello:lc-v2"
+GUEST_REGISTRY = "10.0.2.100:5000"
+DEVICE_TARGET = f"{GUEST_REGISTRY}/imagemode/hello:latest"
 
 
 def imagemode(*args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
@@ -46,3 +51,25 @@ def base_image() -> Iterator[dict[str, str]]:
     result = json.loads(p.stdout)
     result["stderr"] = p.stderr
     yield result
+
+
+def digest_of(tag: str) -> str:
+    import json
+
+    digest: str = json.loads(podman("image", "inspect", tag).stdout)[0]["Digest"]
+    return digest
+
+
+@pytest.fixture(scope="session")
+def hello_images(base_image: dict[str, str]) -> dict[str, str]:
+    """hello v1 and v2 (`--build-arg VERSION=`), by tag: their digests."""
+    for tag, version in ((HELLO_V1, "1"), (HELLO_V2, "2")):
+        imagemode("build", "-t", tag, "--build-arg", f"VERSION={version}", str(ROOT / "examples/hello"))
+    return {tag: digest_of(tag) for tag in (HELLO_V1, HELLO_V2)}
+
+
+@pytest.fixture(scope="session")
+def device_disk(hello_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("device-disk")
+    imagemode("disk", HELLO_V1, "--target-imgref", DEVICE_TARGET, "-o", str(out))
+    return out / "disk.qcow2"

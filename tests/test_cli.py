@@ -20,6 +20,7 @@ VERBS = [
     ["switch"],
     ["rollback"],
     ["prune"],
+    ["health"],
 ]
 
 
@@ -30,7 +31,7 @@ def test_version() -> None:
 def test_top_help_names_every_verb() -> None:
     out = cli("--help").stdout
     verbs = ("build base", "build", "container lint", "lint", "disk", "vm", "status", "boot update")
-    for verb in (*verbs, "upgrade", "switch", "rollback", "prune"):
+    for verb in (*verbs, "upgrade", "switch", "rollback", "prune", "health"):
         assert verb in out
 
 
@@ -98,6 +99,8 @@ def test_lint_list() -> None:
         (["upgrade"], "this system was not booted from an ostree deployment"),
         (["rollback"], "this system was not booted from an ostree deployment"),
         (["prune"], "this system was not booted from an ostree deployment"),
+        (["health"], "this system was not booted from an ostree deployment"),
+        (["health", "--forget", "all"], "this system was not booted from an ostree deployment"),
         (["switch", "--transport", "ftp", "x/y"], "unknown transport 'ftp'"),
         (["switch", "Not A/Ref!!"], "invalid image reference"),
         (["upgrade", "--apply", "--download-only"], "--apply and --download-only contradict each other"),

@@ -26,22 +26,20 @@ import pytest
 
 from imagemode.vm.qemu import VM, free_port, overlay
 from imagemode.vm.registry import Registry, insecure_conf
-from tests.conftest import ROOT, imagemode, podman
+from tests.conftest import GUEST_REGISTRY, HELLO_V1, HELLO_V2, digest_of, imagemode, podman
 
 pytestmark = pytest.mark.integration
 
 SCHEMA = json.loads((Path(__file__).resolve().parent / "data/bootc-host-v1.schema.json").read_text())
 GUEST = "10.0.2.100"
-OPEN, AUTH, DEAD = f"{GUEST}:5000", f"{GUEST}:5001", f"{GUEST}:5002"
-V1, V2 = "localhost/imagemode/hello:lc-v1", "localhost/imagemode/hello:lc-v2"
+OPEN, AUTH, DEAD = GUEST_REGISTRY, f"{GUEST}:5001", f"{GUEST}:5002"  # the disk follows DEVICE_TARGET
+V1, V2 = HELLO_V1, HELLO_V2
 CONFLICT = "localhost/imagemode/hello:lc-conflict"
 LOCAL_EDIT = "edited on the device"
 
 
 @pytest.fixture(scope="module")
-def images(base_image: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    for tag, version in ((V1, "1"), (V2, "2")):
-        imagemode("build", "-t", tag, "--build-arg", f"VERSION={version}", str(ROOT / "examples/hello"))
+def images(hello_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     ctx = tmp_path_factory.mktemp("conflict")
     # v1, and /etc/imagemode-test.d is a directory: the device makes it a file first. (FROM v1: the
     # upgrade to v2 below must still find v2's own layer missing.)
@@ -54,9 +52,7 @@ def images(base_image: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
     (ctx / "root/etc/os-release").write_text("ID=nokernel\n")
     subprocess.run(["tar", "-C", str(ctx / "root"), "-cf", str(tar), "."], check=True)
     podman("import", str(tar), "localhost/imagemode/nokernel:lc")
-    return {
-        tag: json.loads(podman("image", "inspect", tag).stdout)[0]["Digest"] for tag in (V1, V2, CONFLICT)
-    }
+    return {**hello_images, CONFLICT: digest_of(CONFLICT)}
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +67,8 @@ def registries(images: dict[str, str]) -> Iterator[tuple[Registry, Registry]]:
 
 
 @pytest.fixture(scope="module")
-def disk(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("lc-disk")
-    imagemode("disk", V1, "--target-imgref", f"{OPEN}/imagemode/hello:latest", "-o", str(out))
-    return out / "disk.qcow2"
+def disk(images: dict[str, str], device_disk: Path) -> Path:
+    return device_disk
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +199,7 @@ def test_download_only_then_upgrade(vm: VM) -> None:
     p = vm.exec("imagemode upgrade --download-only --json")
     result = json.loads(p.stdout)
     assert result["outcome"] == "downloaded"
-    assert result["layers_fetched"] == 1 and result["layers_total"] == 5, result
+    assert result["layers_fetched"] == 1 and result["layers_total"] == 6, result
     st = status(vm)
     assert st["status"]["staged"]["downloadOnly"] is True
     assert st["status"]["staged"]["image"]["version"] == "2"

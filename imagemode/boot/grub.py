@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-from imagemode.boot import bls
+from imagemode.boot import bls, grubenv, replace
 
 GRUB_CFG = "grub/grub.cfg"
 DEFAULT_TIMEOUT = 1
@@ -36,7 +36,34 @@ def _ostree_target(value: str) -> list[str]:
             f"  if [ ! -e $ostree_target ]; then set ostree_target={other}; fi"]  # fmt: skip
 
 
-def render(entries: list[bls.Entry], timeout: int = DEFAULT_TIMEOUT) -> str:
+def boot_counting(tried: str) -> list[str]:
+    """GRUB lines that count the boots of the default entry while grubenv says it is being tried.
+
+    `tried` is entry 0's deployment (checksum.serial). The counter applies only while grubenv names that
+    same deployment: tries armed at staging wait until finalization makes it the default, and a menu
+    whose entry 0 is something else ignores them. At 0 tries left GRUB boots entry 1, the previous
+    deployment, and records the fallback for `imagemode-health.service` to make permanent.
+    """
+    env = f"/boot/{grubenv.PATH.removeprefix('boot/')}"
+    t, n, fb = grubenv.TRY, grubenv.TRIES, grubenv.FALLBACK
+    lines = [
+        f"if [ -f {env} ]; then load_env --file {env} {t} {n} {fb}; fi",
+        f'if [ "${{{t}}}" = "{tried}" ]; then',
+        f'  if [ "${{{n}}}" = "0" ]; then',
+        "    set default=1",
+        f"    set {fb}={tried}",
+        f"    save_env --file {env} {fb}",
+    ]
+    for i in range(1, grubenv.MAX_TRIES + 1):
+        lines.append(f'  elif [ "${{{n}}}" = "{i}" ]; then set {n}={i - 1}; save_env --file {env} {n}')
+    lines += [f"  else set {n}=0; save_env --file {env} {n}", "  fi", "fi"]
+    return lines
+
+
+def render(
+    entries: list[bls.Entry], timeout: int = DEFAULT_TIMEOUT, ids: list[str | None] | None = None
+) -> str:
+    """`ids`: each entry's deployment (checksum.serial), where known; boot counting needs entry 0's."""
     lines = [
         "# Written by imagemode from /boot/loader/entries (ostree's BLS entries). Edits are overwritten.",
         "serial --unit=0 --speed=115200",
@@ -45,6 +72,8 @@ def render(entries: list[bls.Entry], timeout: int = DEFAULT_TIMEOUT) -> str:
         f"set timeout={timeout}",
         "set default=0",
     ]
+    if ids and ids[0] and len(entries) > 1:
+        lines += boot_counting(ids[0])
     for e in entries:
         opts, target = [], []
         for arg in e.options.split():
@@ -63,25 +92,30 @@ def render(entries: list[bls.Entry], timeout: int = DEFAULT_TIMEOUT) -> str:
     return "\n".join(lines) + "\n"
 
 
+def deployment_of(sysroot: Path, entry: bls.Entry) -> str | None:
+    """The deployment (checksum.serial) an entry boots: where its `ostree=` link points."""
+    link = entry.karg("ostree")
+    if not link:
+        return None
+    try:
+        target = os.readlink(sysroot / link.lstrip("/"))
+    except OSError:
+        return None
+    return Path(target).name or None
+
+
 def update(sysroot: Path, timeout: int = DEFAULT_TIMEOUT) -> Path:
-    """Rewrite sysroot/boot/grub/grub.cfg from the current entries: temp file, fsync, rename, fsync dir."""
+    """Rewrite sysroot/boot/grub/grub.cfg from the current entries (imagemode.boot.replace). Also makes
+    sure grubenv exists, since GRUB can only write a block that is there."""
     boot = sysroot / "boot"
-    text = render(bls.read(boot), timeout)
+    entries = bls.read(boot)
+    text = render(entries, timeout, [deployment_of(sysroot, e) for e in entries])
+    if not (sysroot / grubenv.PATH).exists():
+        grubenv.write(sysroot, {})
     out = boot / GRUB_CFG
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and out.read_text() == text:
         return out
-    tmp = out.with_name(out.name + ".new")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
-    dfd = os.open(out.parent, os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    replace.replace(out, text.encode(), replace.live(sysroot))
     return out
 
 
@@ -93,4 +127,4 @@ def early_config(root_uuid: str) -> str:
     return f"search --no-floppy --fs-uuid --set=root {root_uuid}\nconfigfile ($root)/boot/{GRUB_CFG}\n"
 
 
-GRUB_MODULES = "part_gpt ext2 search_fs_uuid configfile normal linux serial terminal echo test gzio"
+GRUB_MODULES = "part_gpt ext2 search_fs_uuid configfile normal linux serial terminal echo test gzio loadenv"

@@ -215,6 +215,9 @@ def write_imagemode_layer(dest: Path, epoch: int) -> Blob:
                 (wants / unit.name).symlink_to(f"../{unit.name}")
         for dropin in sorted((pkg / "data/units").glob("*.d")):
             shutil.copytree(dropin, units / dropin.name)
+        kargs_d = root / "usr/lib/bootc/kargs.d"
+        kargs_d.mkdir(parents=True)
+        shutil.copy(pkg / "data/units/10-imagemode-panic.toml", kargs_d)
         for p in [root, *root.rglob("*")]:
             if p.is_dir() and not p.is_symlink():
                 p.chmod(0o755)

@@ -45,7 +45,14 @@ def image_reference(image: str) -> dict[str, Any]:
     }
 
 
-def boot_entry(d: Deployment, cached_update: dict[str, Any] | None = None) -> dict[str, Any]:
+def deployment_id(d: Deployment) -> str:
+    return f"{d.checksum}.{d.serial}"
+
+
+def boot_entry(
+    d: Deployment, cached_update: dict[str, Any] | None = None, health: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """bootc's BootEntry, plus `health` (imagemode's: docs/health.md)."""
     ts = datetime.fromtimestamp(d.timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if d.timestamp else None
     return {
         "image": {
@@ -61,6 +68,7 @@ def boot_entry(d: Deployment, cached_update: dict[str, Any] | None = None) -> di
         "downloadOnly": d.download_only,
         "store": "ostreeContainer",
         "ostree": {"checksum": d.checksum, "deploySerial": d.serial, "stateroot": d.stateroot},
+        "health": health,
     }  # fmt: skip
 
 
@@ -72,7 +80,14 @@ def host_status(
     rollback_queued: bool = False,
     cached_update: dict[str, Any] | None = None,
     other: list[Deployment] | None = None,
+    health: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """`health`: by deployment id (checksum.serial), what the health checks concluded."""
+    health = health or {}
+
+    def entry(d: Deployment, cached: dict[str, Any] | None = None) -> dict[str, Any]:
+        return boot_entry(d, cached, health.get(deployment_id(d)))
+
     spec_image = None
     source = staged or booted
     if source is not None and source.digest:
@@ -83,14 +98,26 @@ def host_status(
         "metadata": {"name": "host"},
         "spec": {"image": spec_image, "bootOrder": "rollback" if rollback_queued else "default"},
         "status": {
-            "staged": boot_entry(staged) if staged else None,
-            "booted": boot_entry(booted, cached_update) if booted else None,
-            "rollback": boot_entry(rollback) if rollback else None,
-            "otherDeployments": [boot_entry(d) for d in other or []],
+            "staged": entry(staged) if staged else None,
+            "booted": entry(booted, cached_update) if booted else None,
+            "rollback": entry(rollback) if rollback else None,
+            "otherDeployments": [entry(d) for d in other or []],
             "rollbackQueued": rollback_queued,
             "type": "bootcHost" if booted else None,
         },
     }
+
+
+def health_line(h: dict[str, Any]) -> str:
+    st = str(h.get("state", "unchecked"))
+    if st == "trying":
+        return f"being tried, {h.get('triesLeft', 0)} boots left to pass the health checks"
+    text = st + (f" at {h['at']}" if h.get("at") else "")
+    if h.get("reason"):
+        text += f": {h['reason']}"
+    if h.get("warned"):
+        text += f" ({len(h['warned'])} wanted checks warned: {', '.join(h['warned'])})"
+    return text
 
 
 def human(status: dict[str, Any]) -> str:
@@ -113,6 +140,8 @@ def human(status: dict[str, Any]) -> str:
         lines.append(f"{'':>8}Commit: {e['ostree']['checksum']}.{e['ostree']['deploySerial']}")
         if e.get("downloadOnly"):
             lines.append(f"{'':>8}Download only: not applied at shutdown")
+        if e.get("health"):
+            lines.append(f"{'':>8}Health: {health_line(e['health'])}")
         lines.append("")
 
     entry("Staged", st["staged"], " ")

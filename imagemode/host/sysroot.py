@@ -152,7 +152,8 @@ def read_cached_update(booted_digest: str) -> dict[str, Any] | None:
 
 
 def read_status(path: str = "/") -> dict[str, Any]:
-    from imagemode.host.status import host_status
+    from imagemode.host.health import statuses
+    from imagemode.host.status import deployment_id, host_status
 
     if not booted_path():
         return host_status(None, None, None)
@@ -163,11 +164,16 @@ def read_status(path: str = "/") -> dict[str, Any]:
     known = [d for d in (booted, staged, rollback) if d is not None]
     others = [d for d in sysroot.get_deployments() if not any(same(d, k) for k in known)]
     b = describe(sysroot, booted) if booted else None
+    s = describe(sysroot, staged, staged=True) if staged else None
+    r = describe(sysroot, rollback) if rollback else None
+    o = [describe(sysroot, d) for d in others]
+    every = [d for d in (b, s, r, *o) if d is not None]
     return host_status(
         b,
-        describe(sysroot, staged, staged=True) if staged else None,
-        describe(sysroot, rollback) if rollback else None,
+        s,
+        r,
         rollback_queued=rollback_queued(sysroot),
         cached_update=read_cached_update(b.digest) if b else None,
-        other=[describe(sysroot, d) for d in others],
+        other=o,
+        health=statuses([deployment_id(d) for d in every]),
     )

@@ -26,10 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagemode.boot import kargs
+from imagemode.boot import grubenv, kargs
 from imagemode.errors import ImagemodeError
+from imagemode.health import config as health_config
+from imagemode.health import state as health_state
 from imagemode.host import etc, origin, prune
 from imagemode.host import sysroot as sr
+from imagemode.host.health import PHYSICAL
 from imagemode.host.status import image_reference
 from imagemode.oci import auth
 from imagemode.oci.reference import ImageRef, parse
@@ -45,6 +48,7 @@ class Outcome(enum.StrEnum):
     STAGED = "staged"
     DOWNLOADED = "downloaded"  # staged, but not to be finalized at shutdown
     RETARGETED = "retargeted"  # switch to the booted image under another name: origin rewritten only
+    FAILED_BEFORE = "failed-before"  # the image failed its health checks here: not staged again
 
 
 class EtcConflictError(ImagemodeError):
@@ -72,6 +76,9 @@ class UpdateResult:
     staged: str = ""  # checksum.serial of the staged deployment
     kargs: tuple[str, ...] = ()
     refs_removed: int = 0  # image and layer refs nothing uses; objects freed at the next boot
+    tries: int = 0  # boots the staged deployment gets to become healthy (docs/health.md)
+    failed_at: str = ""  # FAILED_BEFORE: when, and why
+    failed_reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -146,9 +153,12 @@ def new_kargs(sysroot: Any, repo: Repo, merge: Any, commit: str, work: Path) -> 
     return kargs.replace_image_kargs(sr.kargs_of(merge), old_image, kargs.commit_kargs(repo, commit, work))
 
 
-def stage(sysroot: Any, commit: str, target: ImageRef, merge: Any, args: list[str], hold: bool) -> str:
+def stage(
+    sysroot: Any, commit: str, target: ImageRef, merge: Any, args: list[str], hold: bool, tries: int
+) -> str:
     """Stage `commit` for the next boot; `hold`: leave it unfinalized at shutdown (--download-only).
-    Returns the new deployment's checksum.serial."""
+    It gets `tries` boots to become healthy (grubenv; they count once it is the default). Returns the
+    new deployment's checksum.serial."""
     if hold:
         # Before staging: a shutdown between the two must not finalize what is download-only.
         _write_atomic(sr.DOWNLOAD_ONLY, "pending\n")
@@ -161,6 +171,7 @@ def stage(sysroot: Any, commit: str, target: ImageRef, merge: Any, args: list[st
             sr.DOWNLOAD_ONLY.unlink(missing_ok=True)
         raise
     serial = f"{new.get_csum()}.{new.get_deployserial()}"
+    grubenv.arm(PHYSICAL, serial, tries)
     if hold:
         _write_atomic(sr.DOWNLOAD_ONLY, serial + "\n")
     else:
@@ -197,6 +208,12 @@ def update(
         def said(outcome: Outcome, staged: str = "") -> UpdateResult:
             return UpdateResult(outcome, target.skopeo, remote.digest, remote.version, staged=staged)
 
+        failed = health_state.failed_image(remote.digest)
+        if failed is not None and not _same_image(sysroot, booted, remote):
+            return UpdateResult(
+                Outcome.FAILED_BEFORE, target.skopeo, remote.digest, remote.version,
+                failed_at=failed.get("at", ""), failed_reason=failed.get("reason", ""),
+            )  # fmt: skip
         if opts.check:
             if _same_image(sysroot, booted, remote):
                 sr.CACHED_UPDATE.unlink(missing_ok=True)
@@ -219,6 +236,7 @@ def update(
                 _unlock_download(staged)
             d = sr.describe(sysroot, staged, staged=True)
             return said(Outcome.ALREADY_STAGED, f"{d.checksum}.{d.serial}")
+        tries = health_config.load().tries  # a broken health.toml stops the update before it starts
         repo = Repo(sr.REPO)
         sr.WORK.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="update-", dir=sr.WORK))
@@ -234,7 +252,7 @@ def update(
             shutil.rmtree(work, ignore_errors=True)
         prune.drop_extra_deployments(sysroot)
         say("staging")
-        serial = stage(sysroot, imp.commit, target, merge, args, opts.download_only)
+        serial = stage(sysroot, imp.commit, target, merge, args, opts.download_only, tries)
         sr.CACHED_UPDATE.unlink(missing_ok=True)
         sysroot.load(None)
         refs_removed, _ = prune.prune_store(sysroot, repo, objects=False)
@@ -250,4 +268,5 @@ def update(
             staged=serial,
             kargs=tuple(args),
             refs_removed=refs_removed,
+            tries=tries,
         )

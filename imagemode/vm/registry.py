@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import tempfile
@@ -79,6 +80,12 @@ class Registry:
         creds = f"{self.user}:{self.password}" if self.user else None
         storage.copy(source, dest, dest_tls_verify=False, dest_creds=creds)
         return dest
+
+    def digest(self, name: str) -> str:
+        """The manifest digest this registry serves for NAME[:TAG]: what a device that pulls it records
+        (a push compresses the layers, so it differs from the local image's)."""
+        raw = storage.inspect_raw(parse(f"{self.address}/{name}"), tls_verify=False)
+        return "sha256:" + hashlib.sha256(raw.encode()).hexdigest()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

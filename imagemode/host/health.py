@@ -1,0 +1,156 @@
+"""The health verdict of a boot, and what follows from it (docs/health.md).
+
+At every boot `imagemode-health.service` runs `imagemode health --boot`:
+
+1. If GRUB fell back (grubenv names a tried deployment with no tries left, and another one is booted),
+   make the fallback permanent: the tried deployment is marked failed, the booted one goes first in
+   ostree's order, the counter is cleared and red.d runs.
+2. Run the required and wanted checks, and read the units that boot-complete.target requires or wants.
+3. Healthy: on a counted boot (the booted deployment is the one being tried) clear the counter; green.d.
+   Failed: mark the deployment failed and run red.d; on a counted boot also set its tries to 0 and
+   reboot, so that GRUB boots the previous deployment.
+
+A required failure spends all the remaining tries at once: each check has had its timeout to wait for
+what it checks, and rebooting into the same image does not fix it. The tries are for what the checks
+cannot report: a kernel panic, a hang, a power cut before the verdict.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imagemode.boot import grub, grubenv
+from imagemode.health import checks, config, state
+from imagemode.health.checks import Result
+from imagemode.host import sysroot as sr
+from imagemode.host.rollback import reorder
+
+PHYSICAL = Path("/sysroot")  # where /boot/grub/grubenv is: the physical root, as for `boot update`
+
+
+@dataclass(frozen=True)
+class Report:
+    deployment: str  # checksum.serial of the booted deployment
+    image: str
+    digest: str
+    healthy: bool
+    results: list[Result]
+    at: str
+    counted: bool = False  # this boot was one of the deployment's tries
+    actions: list[str] = field(default_factory=list)
+    reboot: bool = False  # a counted boot failed: reboot into the previous deployment
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "results"}
+        d["results"] = [r.to_dict() for r in self.results]
+        return d
+
+
+def dep_id(dep: Any) -> str:
+    return f"{dep.get_csum()}.{dep.get_deployserial()}"
+
+
+def _hooks(kind: str, cfg: config.HealthConfig, env: dict[str, str], say: Callable[[Result], None]) -> None:
+    checks.run_scripts(checks.discover(kind), cfg, env, say)
+
+
+def _finish_fallback(
+    env: dict[str, str], booted: Any, cfg: config.HealthConfig, say: Callable[[Result], None]
+) -> list[str]:
+    """Step 1. Returns what was done."""
+    tried = env.get(grubenv.TRY)
+    if not tried or tried == dep_id(booted):
+        return []
+    with sr.locked() as sysroot:
+        staged = sysroot.get_staged_deployment()
+        failed = next((d for d in sysroot.get_deployments() if dep_id(d) == tried), None)
+        if failed is None:  # staged and lost to a power cut, or removed: nothing to fall back from
+            grubenv.disarm(PHYSICAL)
+            return ["cleared the counter of a deployment that no longer exists"]
+        fell_back = env.get(grubenv.TRIES) == "0" or env.get(grubenv.FALLBACK) == tried
+        if sr.same(failed, staged) or not fell_back:
+            return []  # armed for a deployment that is not the default yet: not ours to touch
+        deps = [d for d in sysroot.get_deployments() if not sr.same(d, staged)]
+        old = state.records().get(tried, {})
+        d = sr.describe(sysroot, failed)
+        reason = old.get("reason") if old.get("state") == state.FAILED else None
+        state.record(tried, {
+            "state": state.FAILED, "at": state.now(), "image": d.image, "digest": d.digest,
+            "reason": reason or "no healthy boot in its tries: it panicked, hung or lost power before "
+                                "its checks passed",
+            "check": old.get("check"), "failed": old.get("failed", []), "fellBack": True,
+        })  # fmt: skip
+        if not sr.same(deps[0], booted):
+            sysroot.write_deployments(reorder(deps, booted), None)
+            sysroot.load(None)
+        grub.update(PHYSICAL)
+        grubenv.disarm(PHYSICAL)
+    _hooks(checks.RED, cfg, {"IMAGEMODE_HEALTH": "fallback", "IMAGEMODE_FAILED_DEPLOYMENT": tried}, say)
+    return [f"fell back from {tried}: marked it failed and made the booted deployment the default"]
+
+
+def run(boot: bool = False, say: Callable[[Result], None] = lambda r: None) -> Report:
+    """Run the checks now. `boot`: this is the boot's verdict (steps 1 and 3 above)."""
+    sr.require_booted()
+    cfg = config.load()
+    sysroot = sr.load()
+    booted = sysroot.get_booted_deployment()
+    me = dep_id(booted)
+    env = grubenv.read(PHYSICAL)
+    actions = _finish_fallback(env, booted, cfg, say) if boot else []
+    results = checks.run_scripts(checks.discover(checks.REQUIRED), cfg, None, say)
+    results += checks.run_scripts(checks.discover(checks.WANTED), cfg, None, say)
+    for r in checks.unit_checks() if boot else []:
+        say(r)
+        results.append(r)
+    failed = checks.verdict(results)
+    d = sr.describe(sysroot, booted)
+    counted = boot and env.get(grubenv.TRY) == me
+    report = Report(me, d.image, d.digest, failed is None, results, state.now(), counted, actions)
+    state.save_last({**report.to_dict(), "boot": boot})
+    if not boot:
+        return report
+    warned = [r.name for r in results if r.status == checks.WARNED]
+    if failed is None:
+        state.record(me, {"state": state.HEALTHY, "at": report.at, "image": d.image, "digest": d.digest,
+                          "warned": warned})  # fmt: skip
+        if counted:
+            grubenv.disarm(PHYSICAL)
+            actions.append("tries cleared: the deployment stays")
+        _hooks(checks.GREEN, cfg, {"IMAGEMODE_HEALTH": "healthy"}, say)
+        return report
+    why = f"{failed.kind} check {failed.name} failed ({failed.reason})"
+    out = failed.output.strip().splitlines()
+    state.record(me, {
+        "state": state.FAILED, "at": report.at, "image": d.image, "digest": d.digest,
+        "reason": why + (f": {out[-1][:200]}" if out else ""), "check": failed.name,
+        "failed": [r.to_dict() for r in results if r.status == checks.FAILED], "warned": warned,
+    })  # fmt: skip
+    reboot = False
+    if counted:
+        grubenv.update(PHYSICAL, **{grubenv.TRIES: "0"})
+        actions.append("no tries left: the next boot is the previous deployment")
+        reboot = True
+    _hooks(checks.RED, cfg, {"IMAGEMODE_HEALTH": "failed", "IMAGEMODE_FAILED_DEPLOYMENT": me}, say)
+    return Report(me, d.image, d.digest, False, results, report.at, counted, actions, reboot)
+
+
+def health_of(deployment: str, env: dict[str, str], recs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What status shows of a deployment's health."""
+    rec = dict(recs.get(deployment) or {"state": "unchecked"})
+    if env.get(grubenv.TRY) == deployment:
+        tries = env.get(grubenv.TRIES, "")
+        rec["triesLeft"] = int(tries) if tries.isdigit() else 0
+        if rec["state"] != state.FAILED:
+            rec["state"] = "trying"
+    return rec
+
+
+def statuses(ids: list[str]) -> dict[str, dict[str, Any]]:
+    env = grubenv.read(PHYSICAL) if os.access(PHYSICAL, os.R_OK) else {}
+    recs = state.records()
+    return {i: health_of(i, env, recs) for i in ids}

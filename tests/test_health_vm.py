@@ -1,0 +1,258 @@
+"""Health checks and automatic rollback on the real thing: GRUB's boot counter, QEMU power cycles, and
+a real registry on 127.0.0.1. Nobody types between a switch and the verdict: the test only starts QEMU
+again when the guest powers itself off (a reboot, under -no-reboot) and reads the result at the end.
+
+One VM on an overlay of the shared v1 disk, in file order:
+
+1. v1 boots healthy. Switch to a v2 whose required check fails (beside a script that is not executable,
+   one that hangs, one that prints binary garbage, one that is not a program). v2 boots once, fails,
+   reboots by itself; GRUB boots v1, which marks v2 failed and keeps itself as the default.
+2. Switch to a v2 whose kernel argument panics the kernel (init=/bin/false): three boots panic and
+   reboot (panic=10); the fourth power-on is v1 again.
+3. Switch to a healthy v2 with failing wanted checks: it stays, its tries are cleared, and a power cut
+   afterwards does not roll it back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from imagemode.vm.qemu import VM, overlay
+from imagemode.vm.registry import Registry, insecure_conf
+from tests.conftest import GUEST_REGISTRY, HELLO_V1, HELLO_V2, imagemode
+
+pytestmark = pytest.mark.integration
+
+SCHEMA = json.loads((Path(__file__).resolve().parent / "data/bootc-host-v1.schema.json").read_text())
+BAD, PANIC, GOOD = (f"localhost/imagemode/hello:health-{n}" for n in ("bad", "panic", "good"))
+REMOTE = {tag: f"{GUEST_REGISTRY}/imagemode/hello:{tag.rsplit(':', 1)[1]}" for tag in (BAD, PANIC, GOOD)}
+
+SH = "#!/bin/sh\n"
+X, R = 0o755, 0o644
+BAD_FILES = {
+    "usr/lib/imagemode/health.toml": ("timeout = 15\n", R),
+    "usr/lib/imagemode/check/required.d/10-db.sh": (SH + "echo 'database not ready'\nexit 1\n", X),
+    "usr/lib/imagemode/check/required.d/20-noexec.sh": (SH + "exit 0\n", R),
+    "usr/lib/imagemode/check/required.d/30-hang.sh": (SH + "sleep 600\n", X),
+    "usr/lib/imagemode/check/required.d/40-garbage.sh": (SH + "head -c 4096 /dev/urandom\nexit 7\n", X),
+}
+GOOD_FILES = {
+    "usr/lib/imagemode/health.toml": ("timeout = 15\n", R),
+    "usr/lib/imagemode/check/required.d/10-release.sh": (
+        SH + "grep -qx 'hello v2' /usr/share/hello/release\n", X),
+    "usr/lib/imagemode/check/wanted.d/20-disk.sh": (SH + "echo 'disk 91% full'\nexit 1\n", X),
+    "usr/lib/imagemode/check/wanted.d/30-hang.sh": (SH + "sleep 600\n", X),
+    "usr/lib/imagemode/check/wanted.d/40-noexec.sh": (SH + "exit 0\n", R),
+    "usr/lib/imagemode/green.d/10-log.sh": (
+        SH + "mkdir -p /var/lib/health-test\necho green >> /var/lib/health-test/green.log\n", X),
+    # A unit as a wanted check: boot-complete.target wants it, and it fails.
+    "usr/lib/systemd/system/health-test-wanted.service": (
+        "[Unit]\nBefore=boot-complete.target\n[Service]\nType=oneshot\n"
+        "ExecStart=/bin/sh -c 'echo unit says no; exit 3'\n", R),
+}  # fmt: skip
+RED_D = (  # the device's own red.d script, in /etc: it runs whichever deployment is booted
+    SH + 'mkdir -p /var/lib/health-test\necho "$IMAGEMODE_HEALTH $IMAGEMODE_FAILED_DEPLOYMENT"'
+    " >> /var/lib/health-test/red.log\n"
+)
+
+
+def _context(root: Path, base: str, files: dict[str, tuple[str, int]], run: str = "") -> Path:
+    for rel, (text, mode) in files.items():
+        p = root / "root" / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+        p.chmod(mode)
+    (root / "Containerfile").write_text(f"FROM {base}\nCOPY root/ /\n" + (f"RUN {run}\n" if run else ""))
+    return root
+
+
+@pytest.fixture(scope="module")
+def images(hello_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    bad = _context(tmp_path_factory.mktemp("bad"), HELLO_V1, BAD_FILES)
+    # Not a program at all: random bytes with the executable bit.
+    elf = bad / "root/usr/lib/imagemode/check/required.d/50-not-a-program"
+    elf.write_bytes(os.urandom(512))
+    elf.chmod(X)
+    imagemode("build", "-t", BAD, str(bad))
+    kargs = {"usr/lib/bootc/kargs.d/90-panic.toml": ('kargs = ["init=/bin/false"]\n', R)}
+    panic = _context(tmp_path_factory.mktemp("panic"), HELLO_V1, kargs)
+    imagemode("build", "-t", PANIC, str(panic))
+    wants = "/usr/lib/systemd/system/boot-complete.target.wants"
+    good = _context(tmp_path_factory.mktemp("good"), HELLO_V2, GOOD_FILES,
+                    f"mkdir -p {wants} && ln -s ../health-test-wanted.service {wants}/")  # fmt: skip
+    imagemode("build", "-t", GOOD, str(good))
+    return dict(hello_images)
+
+
+@pytest.fixture(scope="module")
+def registry(images: dict[str, str]) -> Iterator[Registry]:
+    """The three images in a registry; `images` gets the digests it serves, which the device records."""
+    with Registry() as reg:
+        for tag, remote in REMOTE.items():
+            name = remote.split("/", 1)[1]
+            reg.push(f"containers-storage:{tag}", name)
+            images[tag] = reg.digest(name)
+        yield reg
+
+
+@pytest.fixture(scope="module")
+def vm(registry: Registry, device_disk: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VM]:
+    d = tmp_path_factory.mktemp("health-vm")
+    machine = VM(overlay(device_disk, d / "overlay.qcow2"), serial_log=d / "serial.log",
+                 guestfwds=[("10.0.2.100", 5000, registry.port)])  # fmt: skip
+    machine.ssh_key = device_disk.parent / "id_ed25519"
+    with machine:
+        machine.wait_ssh(900)
+        machine.exec(f"mkdir -p /etc/containers/registries.conf.d && cat > "
+                     f"/etc/containers/registries.conf.d/50-test.conf <<'EOF'\n"
+                     f"{insecure_conf(GUEST_REGISTRY)}EOF")  # fmt: skip
+        machine.exec(f"mkdir -p /etc/imagemode/red.d && cat > /etc/imagemode/red.d/10-log.sh <<'EOF'\n"
+                     f"{RED_D}EOF\nchmod 755 /etc/imagemode/red.d/10-log.sh")  # fmt: skip
+        yield machine
+
+
+def settled(vm: VM) -> dict[str, Any]:
+    """Once the boot's jobs are done (imagemode-health.service among them): status, schema-checked."""
+    vm.exec("systemctl is-system-running --wait", check=False, timeout=900)
+    ran = vm.exec("systemctl show -p ActiveState -p Result imagemode-health").stdout
+    assert "ActiveState=active" in ran and "Result=success" in ran, ran
+    st: dict[str, Any] = json.loads(vm.exec("imagemode status --json").stdout)
+    jsonschema.validate(st, SCHEMA)
+    return st
+
+
+def grubenv(vm: VM) -> dict[str, str]:
+    text = vm.exec("cat /sysroot/boot/grub/grubenv").stdout
+    return dict(ln.split("=", 1) for ln in text.splitlines() if "=" in ln and not ln.startswith("#"))
+
+
+def switch(vm: VM, tag: str) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(vm.exec(f"imagemode switch {REMOTE[tag]} --json").stdout)
+    assert result["outcome"] == "staged" and result["tries"] == 3, result
+    env = grubenv(vm)
+    assert env == {"imagemode_try": result["staged"], "imagemode_tries": "3"}, env
+    return result
+
+
+def by_name(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {r["name"]: r for r in results}
+
+
+# ---- 1: a failing required check ---------------------------------------------------------------------
+
+
+def test_v1_boots_healthy(vm: VM, images: dict[str, str]) -> None:
+    st = settled(vm)
+    assert st["status"]["booted"]["image"]["imageDigest"] == images[HELLO_V1]
+    assert st["status"]["booted"]["health"]["state"] == "healthy"
+    report = json.loads(vm.exec("imagemode health --json").stdout)
+    assert report["healthy"] is True
+    assert [(r["name"], r["status"], r["output"]) for r in report["results"]] == [
+        ("10-hello.sh", "passed", "hello v1\n")
+    ]  # hello's own check
+    assert grubenv(vm) == {}
+
+
+def test_failing_required_check_falls_back_by_itself(vm: VM, images: dict[str, str]) -> None:
+    bad = switch(vm, BAD)["staged"]
+    vm.poweroff()
+    vm.start().wait_down(900)  # v2: its check fails, and it reboots (QEMU exits: -no-reboot)
+    assert "Kernel panic" not in vm.console
+    vm.start().wait_ssh(900)  # GRUB's fallback: v1
+    st = settled(vm)
+    booted, rollback = st["status"]["booted"], st["status"]["rollback"]
+    assert booted["image"]["imageDigest"] == images[HELLO_V1] and booted["health"]["state"] == "healthy"
+    assert rollback["image"]["imageDigest"] == images[BAD]
+    assert f"{rollback['ostree']['checksum']}.{rollback['ostree']['deploySerial']}" == bad
+    health = rollback["health"]
+    assert health["state"] == "failed" and health["check"] == "10-db.sh" and health["fellBack"] is True
+    assert health["reason"] == "required check 10-db.sh failed (exit 1): database not ready"
+    assert st["status"]["rollbackQueued"] is False  # v1 is the default again, not a one-off
+    human = vm.exec("imagemode status --format humanreadable").stdout
+    assert "Health: failed at " in human and "database not ready" in human
+    assert grubenv(vm) == {}
+    assert vm.exec("cat /var/lib/health-test/red.log").stdout == f"failed {bad}\nfallback {bad}\n"
+
+
+def test_bad_check_scripts_failed_within_their_timeout(vm: VM) -> None:
+    st = json.loads(vm.exec("imagemode status --json").stdout)
+    failed = by_name(st["status"]["rollback"]["health"]["failed"])
+    assert failed["20-noexec.sh"]["reason"] == "not executable (mode 0644)"
+    assert failed["30-hang.sh"]["reason"] == "timed out after 15s"
+    assert 15 <= failed["30-hang.sh"]["seconds"] < 25
+    assert failed["40-garbage.sh"]["reason"] == "exit 7"
+    assert all(c in "\n\t" or c.isprintable() for c in failed["40-garbage.sh"]["output"])
+    assert failed["50-not-a-program"]["reason"] == "Exec format error"
+
+
+def test_failed_image_is_not_staged_again(vm: VM, images: dict[str, str]) -> None:
+    p = vm.exec(f"imagemode switch {REMOTE[BAD]}")
+    assert p.stdout.startswith("not staged:") and "failed its health checks" in p.stdout, p.stdout
+    assert f"imagemode health --forget {images[BAD]}" in p.stdout
+    assert json.loads(vm.exec("imagemode status --json").stdout)["status"]["staged"] is None
+
+
+# ---- 2: a kernel that panics -------------------------------------------------------------------------
+
+
+def test_kernel_panic_falls_back_after_its_tries(vm: VM, images: dict[str, str]) -> None:
+    panicked = switch(vm, PANIC)["staged"]
+    vm.poweroff()
+    for attempt in range(3):
+        vm.start().wait_down(600)  # init=/bin/false: the kernel panics, and panic=10 reboots it
+        assert "Kernel panic" in vm.console, f"boot {attempt + 1} did not panic"
+    vm.start().wait_ssh(900)
+    st = settled(vm)
+    assert st["status"]["booted"]["image"]["imageDigest"] == images[HELLO_V1]
+    rollback = st["status"]["rollback"]
+    assert f"{rollback['ostree']['checksum']}.{rollback['ostree']['deploySerial']}" == panicked
+    assert rollback["health"]["state"] == "failed"
+    assert rollback["health"]["reason"].startswith("no healthy boot in its tries")
+    assert grubenv(vm) == {}
+    assert vm.exec("tail -n1 /var/lib/health-test/red.log").stdout == f"fallback {panicked}\n"
+
+
+# ---- 3: a healthy v2 ---------------------------------------------------------------------------------
+
+
+def test_healthy_v2_stays_and_wanted_failures_only_warn(vm: VM, images: dict[str, str]) -> None:
+    switch(vm, GOOD)
+    vm.poweroff()
+    vm.start().wait_ssh(900)
+    st = settled(vm)
+    booted = st["status"]["booted"]
+    assert booted["image"]["imageDigest"] == images[GOOD]
+    assert booted["health"]["state"] == "healthy"
+    assert sorted(booted["health"]["warned"]) == [
+        "20-disk.sh", "30-hang.sh", "40-noexec.sh", "health-test-wanted.service"
+    ]  # fmt: skip
+    assert grubenv(vm) == {}  # tries cleared after the first healthy boot
+    assert vm.exec("cat /var/lib/health-test/green.log").stdout == "green\n"
+    journal = vm.exec("journalctl -b -u imagemode-health -p warning --no-pager -o cat").stdout
+    assert "wanted 20-disk.sh: warned (exit 1): disk 91% full" in journal, journal
+    assert "wanted health-test-wanted.service: warned (failed (exit-code))" in journal, journal
+    p = vm.exec("imagemode health --json")
+    results = by_name(json.loads(p.stdout)["results"])
+    assert results["10-release.sh"]["status"] == "passed"
+    assert results["30-hang.sh"] | {"seconds": 0, "output": ""} == {
+        "name": "30-hang.sh", "kind": "wanted", "source": "/usr/lib/imagemode/check/wanted.d/30-hang.sh",
+        "status": "warned", "reason": "timed out after 15s", "seconds": 0, "output": "",
+    }  # fmt: skip
+    shown = json.loads(vm.exec("imagemode health --show --json").stdout)
+    assert shown["at"] == json.loads(p.stdout)["at"]
+
+
+def test_power_cut_after_a_healthy_boot_keeps_v2(vm: VM, images: dict[str, str]) -> None:
+    vm.kill()
+    vm.start().wait_ssh(900)
+    st = settled(vm)
+    assert st["status"]["booted"]["image"]["imageDigest"] == images[GOOD]
+    assert st["status"]["rollback"]["image"]["imageDigest"] == images[HELLO_V1]
+    vm.poweroff()
