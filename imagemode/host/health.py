@@ -110,33 +110,44 @@ def run(boot: bool = False, say: Callable[[Result], None] = lambda r: None) -> R
     failed = checks.verdict(results)
     d = sr.describe(sysroot, booted)
     counted = boot and env.get(grubenv.TRY) == me
-    report = Report(me, d.image, d.digest, failed is None, results, state.now(), counted, actions)
+    at, reboot = state.now(), False
+    if boot:
+        reboot = _verdict(me, d, results, failed, counted, at, actions)
+    report = Report(me, d.image, d.digest, failed is None, results, at, counted, actions, reboot)
     state.save_last({**report.to_dict(), "boot": boot})
-    if not boot:
-        return report
+    if boot:
+        if failed is None:
+            _hooks(checks.GREEN, cfg, {"IMAGEMODE_HEALTH": "healthy"}, say)
+        else:
+            _hooks(checks.RED, cfg, {"IMAGEMODE_HEALTH": "failed", "IMAGEMODE_FAILED_DEPLOYMENT": me}, say)
+    return report
+
+
+def _verdict(
+    me: str, d: Any, results: list[Result], failed: Result | None, counted: bool, at: str, actions: list[str]
+) -> bool:
+    """Step 3: record the verdict and act on the counter. Returns whether to reboot."""
     warned = [r.name for r in results if r.status == checks.WARNED]
     if failed is None:
-        state.record(me, {"state": state.HEALTHY, "at": report.at, "image": d.image, "digest": d.digest,
+        state.record(me, {"state": state.HEALTHY, "at": at, "image": d.image, "digest": d.digest,
                           "warned": warned})  # fmt: skip
         if counted:
             grubenv.disarm(PHYSICAL)
             actions.append("tries cleared: the deployment stays")
-        _hooks(checks.GREEN, cfg, {"IMAGEMODE_HEALTH": "healthy"}, say)
-        return report
-    why = f"{failed.kind} check {failed.name} failed ({failed.reason})"
+        return False
     out = failed.output.strip().splitlines()
     state.record(me, {
-        "state": state.FAILED, "at": report.at, "image": d.image, "digest": d.digest,
-        "reason": why + (f": {out[-1][:200]}" if out else ""), "check": failed.name,
-        "failed": [r.to_dict() for r in results if r.status == checks.FAILED], "warned": warned,
+        "state": state.FAILED, "at": at, "image": d.image, "digest": d.digest,
+        "reason": f"{failed.kind} check {failed.name} failed ({failed.reason})"
+                  + (f": {out[-1][:200]}" if out else ""),
+        "check": failed.name, "warned": warned,
+        "failed": [r.to_dict() for r in results if r.status == checks.FAILED],
     })  # fmt: skip
-    reboot = False
-    if counted:
-        grubenv.update(PHYSICAL, **{grubenv.TRIES: "0"})
-        actions.append("no tries left: the next boot is the previous deployment")
-        reboot = True
-    _hooks(checks.RED, cfg, {"IMAGEMODE_HEALTH": "failed", "IMAGEMODE_FAILED_DEPLOYMENT": me}, say)
-    return Report(me, d.image, d.digest, False, results, report.at, counted, actions, reboot)
+    if not counted:
+        return False
+    grubenv.update(PHYSICAL, **{grubenv.TRIES: "0"})
+    actions.append("no tries left: the next boot is the previous deployment")
+    return True
 
 
 def health_of(deployment: str, env: dict[str, str], recs: dict[str, dict[str, Any]]) -> dict[str, Any]:
