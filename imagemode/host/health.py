@@ -104,7 +104,7 @@ def run(boot: bool = False, say: Callable[[Result], None] = lambda r: None) -> R
     actions = _finish_fallback(env, booted, cfg, say) if boot else []
     results = checks.run_scripts(checks.discover(checks.REQUIRED), cfg, None, say)
     results += checks.run_scripts(checks.discover(checks.WANTED), cfg, None, say)
-    for r in checks.unit_checks() if boot else []:
+    for r in checks.unit_checks():
         say(r)
         results.append(r)
     failed = checks.verdict(results)
