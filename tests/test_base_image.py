@@ -275,3 +275,15 @@ def test_readme_opens_with_the_two_commands() -> None:
     lines = [ln for ln in (ROOT / "README.md").read_text().splitlines() if ln.startswith(("bash ", "sudo "))]
     assert lines[:2] == ["bash scripts/demo", "bash scripts/test"]
     assert (ROOT / ".ci/run").read_text().strip().endswith("exec bash scripts/test")
+
+
+def test_cache_key_follows_the_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An edit to the build steps or to a file under data/base must rebuild the OS layer."""
+    from imagemode.build import spec
+
+    s = spec.BaseSpec()
+    lock = spec.Lock(release="bookworm", architecture="amd64", source_date_epoch=0)
+    first = spec.cache_key(s, lock)
+    assert spec.cache_key(s, lock) == first
+    monkeypatch.setattr(spec, "recipe_digest", lambda: "0" * 64)
+    assert spec.cache_key(s, lock) != first

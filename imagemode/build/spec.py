@@ -11,7 +11,8 @@ DEFAULT_RELEASE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 
-# Bumped whenever the steps below change what they write, so that old caches are not reused.
+# Bumped when what the steps write changes for a reason their code and data files do not show (a
+# tool's behaviour, say); edits to build/steps.py and data/base reach the cache key by recipe_digest().
 RECIPE_VERSION = 4
 
 # What a bootable, updatable edge node needs. Everything else comes from apt's resolution of these.
@@ -146,7 +147,23 @@ class Lock:
         return [f"{p.name}={p.version}" for p in self.packages]
 
 
+def recipe_digest() -> str:
+    """The sha256 of how the OS layer is made: the build steps' code and the files they install.
+    Without it in the key, an edit to a unit or a config file under data/base kept a stale layer."""
+    from importlib import resources
+
+    h = hashlib.sha256()
+    pkg = resources.files("imagemode")
+    files = [pkg / "build/steps.py", *sorted(pkg.joinpath("data/base").iterdir(), key=lambda p: p.name)]
+    for f in files:
+        if f.is_file() and not f.name.endswith(".pyc"):
+            h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def cache_key(spec: BaseSpec, lock: Lock) -> str:
     """The sha256 of everything that decides the OS layer's bytes: the same key means skip the build."""
-    payload = json.dumps({"spec": asdict(spec), "lock": asdict(lock)}, sort_keys=True)
+    payload = json.dumps(
+        {"spec": asdict(spec), "lock": asdict(lock), "recipe": recipe_digest()}, sort_keys=True
+    )
     return hashlib.sha256(payload.encode()).hexdigest()
