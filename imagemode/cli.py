@@ -372,11 +372,17 @@ def _print_health(rep: dict[str, Any]) -> None:
     print(f"deployment {rep['deployment']}: {rep['image']} {rep['digest']}")
     for r in rep["results"]:
         print(f"  {checks.Result(**r).line()}  [{r['seconds']:.1f}s]")
-    warned = sum(r["status"] == checks.WARNED for r in rep["results"])
-    verdict = "healthy" if rep["healthy"] else "FAILED"
-    print(f"{verdict} at {rep['at']}: {len(rep['results'])} checks, {warned} warned")
+    print(_verdict_line(rep))
     for a in rep.get("actions", []):
         print(f"  {a}")
+
+
+def _verdict_line(rep: dict[str, Any]) -> str:
+    from imagemode.health import checks
+
+    warned = sum(r["status"] == checks.WARNED for r in rep["results"])
+    verdict = "healthy" if rep["healthy"] else "FAILED"
+    return f"{verdict} at {rep['at']}: {len(rep['results'])} checks, {warned} warned"
 
 
 def cmd_health(args: argparse.Namespace) -> int:
@@ -397,9 +403,10 @@ def cmd_health(args: argparse.Namespace) -> int:
         say = (lambda r: None) if args.json else (lambda r: _print_result(r, args.boot))
         report = health.run(boot=args.boot, say=say)
         rep = report.to_dict()
-        if args.boot and not args.json:
+        if args.boot and not args.json:  # the journal's account of this boot ends with the verdict
             for a in report.actions:
                 print(a, flush=True)
+            print(_verdict_line(rep), flush=True)
     if args.json:
         _json_out(rep)
     elif not args.boot:

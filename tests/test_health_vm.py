@@ -238,6 +238,8 @@ def test_healthy_v2_stays_and_wanted_failures_only_warn(vm: VM, images: dict[str
     journal = vm.exec("journalctl -b -u imagemode-health -p warning --no-pager -o cat").stdout
     assert "wanted 20-disk.sh: warned (exit 1): disk 91% full" in journal, journal
     assert "wanted health-test-wanted.service: warned (failed (exit-code))" in journal, journal
+    boot = vm.exec("journalctl -b -u imagemode-health --no-pager -o cat").stdout
+    assert "tries cleared: the deployment stays" in boot and "healthy at " in boot, boot
     p = vm.exec("imagemode health --json")
     results = by_name(json.loads(p.stdout)["results"])
     assert results["10-release.sh"]["status"] == "passed"
