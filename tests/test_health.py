@@ -240,3 +240,24 @@ def test_only_a_mount_point_is_checkpointed(tmp_path: Path) -> None:
 
     assert live(tmp_path) is None  # a sysroot being built into a disk: no freeze of the host's filesystem
     assert live(Path("/")) == Path("/")
+
+
+def test_unit_checks_are_the_units_ordered_before_boot_complete(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What systemd says of boot-complete.target and its units (systemctl show), and what that makes."""
+    shown = {
+        checks.TARGET: {
+            "Requires": "sysinit.target plc-link.service gone.service",
+            "Wants": "imagemode-health.service ntp-check.service late.service",
+            "After": "sysinit.target plc-link.service gone.service ntp-check.service",
+        },
+        "gone.service": {"LoadState": "not-found", "ActiveState": "inactive", "Result": "success"},
+        "ntp-check.service": {"LoadState": "loaded", "ActiveState": "failed", "Result": "exit-code"},
+        "plc-link.service": {"LoadState": "loaded", "ActiveState": "active", "Result": "success"},
+    }
+    monkeypatch.setattr(checks, "_show", lambda units, props: [shown[u] for u in units])
+    got = [(r.name, r.kind, r.status, r.reason) for r in checks.unit_checks()]
+    assert got == [
+        ("gone.service", "required", "failed", "not found"),
+        ("ntp-check.service", "wanted", "warned", "failed (exit-code)"),
+        ("plc-link.service", "required", "passed", ""),
+    ]  # sysinit.target (a target), late.service (not ordered before) and the health unit are not checks

@@ -138,19 +138,20 @@ def _show(units: list[str], props: str) -> list[dict[str, str]]:
 
 
 def unit_checks(own: str = "imagemode-health.service") -> list[Result]:
-    """Units that boot-complete.target requires (required checks) or wants (wanted checks).
+    """Units ordered before boot-complete.target that it requires (required checks) or wants (wanted).
 
     Read after the target's start job ended (imagemode-health.service is ordered after it), so each
-    unit ordered before the target has its result.
+    has its result. Targets are not checks: boot-complete.target itself requires sysinit.target.
     """
     try:
-        deps = _show([TARGET], "Requires,Requisite,BindsTo,Wants")[0]
+        deps = _show([TARGET], "Requires,Requisite,BindsTo,Wants,After")[0]
     except (RunError, IndexError):
         return []
+    before = set(deps.get("After", "").split())  # what the target is after: the units ordered before it
     kinds: dict[str, str] = {}
     for prop in ("Wants", "Requires", "Requisite", "BindsTo"):
         for unit in deps.get(prop, "").split():
-            if unit != own:
+            if unit != own and unit in before and not unit.endswith(".target"):
                 kinds[unit] = WANTED if prop == "Wants" else REQUIRED
     if not kinds:
         return []
