@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from imagemode.errors import ImagemodeError
-from imagemode.oci.reference import ImageRef, ReferenceError, Transport, parse
+from imagemode.oci.reference import ImageRef, ReferenceError, Transport, has_domain, parse
 
 KUSTOMIZATIONS = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 POD_LISTS = ("containers", "initContainers", "ephemeralContainers")
@@ -48,9 +48,8 @@ def qualify(text: str, source: str) -> ImageRef:
         ref = parse(text, Transport.REGISTRY)
     except ReferenceError as e:
         raise SourceError(f"{source}: {e}") from None
-    first, sep, _ = ref.name.partition("/")
-    if not (sep and ("." in first or ":" in first or first == "localhost")):
-        path = ref.name if sep else f"library/{ref.name}"
+    if not has_domain(ref.name):
+        path = ref.name if "/" in ref.name else f"library/{ref.name}"
         ref = ImageRef(Transport.REGISTRY, f"docker.io/{path}", ref.tag, ref.digest)
     return ref
 

@@ -9,10 +9,11 @@ failing deployment is read by the one that takes over).
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from imagemode.boot import replace
 
 DIR = Path("/var/lib/imagemode/health")
 HEALTHY, FAILED = "healthy", "failed"
@@ -32,15 +33,8 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
-    """Temp file, fsync, rename: the verdict must survive the reboot that usually follows it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Replaced atomically and fsynced: the verdict must survive the reboot that usually follows it."""
+    replace.replace(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def last(state_dir: Path = DIR) -> dict[str, Any]:

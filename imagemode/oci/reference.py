@@ -82,7 +82,7 @@ def _split_name(text: str, original: str) -> tuple[str, str | None, str | None]:
         if not _TAG_RE.match(tag):
             raise ReferenceError(f"invalid image reference {original!r}: bad tag {tag!r}")
     m = _NAME_RE.match(text)
-    if m and m["domain"] and not _has_domain(text):
+    if m and m["domain"] and not has_domain(text):
         # Only a component with '.' or ':' or 'localhost' is a host; anything else is lowercase path.
         m = _NAME_RE.match("x/" + text)
     if not m or len(text) > 255:
@@ -93,7 +93,7 @@ def _split_name(text: str, original: str) -> tuple[str, str | None, str | None]:
     return text, tag, digest
 
 
-def _has_domain(name: str) -> bool:
+def has_domain(name: str) -> bool:
     """The rule podman and docker share: a first component with '.' or ':', or 'localhost', is a host."""
     first, sep, _ = name.partition("/")
     return bool(sep) and ("." in first or ":" in first or first == "localhost")
@@ -132,7 +132,7 @@ def parse(text: str, transport: str | Transport | None = None) -> ImageRef:
     if transport is Transport.CONTAINERS_STORAGE and text.startswith("["):
         raise ReferenceError(f"invalid image reference {original!r}: storage specifiers are not supported")
     name, tag, digest = _split_name(text, original)
-    if transport is Transport.CONTAINERS_STORAGE and not _has_domain(name):
+    if transport is Transport.CONTAINERS_STORAGE and not has_domain(name):
         # podman stores unqualified local names under localhost/, so look them up the same way.
         name = f"localhost/{name}"
     if tag is None and digest is None:
