@@ -126,12 +126,70 @@ def cmd_build(args: argparse.Namespace) -> int:
         build_args=tuple(args.build_arg),
         do_lint=not args.no_lint,
         fatal_warnings=args.fatal_warnings,
+        embed=tuple(Path(e) for e in args.embed),
+        tls_verify=args.tls_verify,
     )
     log = logging.getLogger("imagemode.build")
     report = containerfile.build(opts, on_line=None if args.verbose else log.info)
     if report is not None:
         _print_report(report, as_json=False)
     print(f"built {opts.tag}")
+    return 0
+
+
+# ---- embed ------------------------------------------------------------------------------------------
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from imagemode.embed import sources, store
+
+    wanted = sources.gather([Path(p) for p in args.source])
+    if not wanted:
+        raise ImagemodeError("the sources name no image")
+    if args.dry_run:
+        if args.json:
+            _json_out([{"ref": str(w.ref), "digest": w.ref.digest, "source": w.source} for w in wanted])
+            return 0
+        names = [w.ref.name + (f":{w.ref.tag}" if w.ref.tag else "") for w in wanted]
+        width = max(len(n) for n in names)
+        for name, w in zip(names, wanted, strict=True):
+            pinned = w.ref.digest or "(tag: digest read when embedded)"
+            print(f"{name:<{width}}  {pinned:<71}  {w.source}")
+        print(f"{len(wanted)} images would be embedded; nothing was copied")
+        return 0
+    if args.root is None:
+        raise ImagemodeError("--root is required: the OS tree to embed into ('/' in a RUN step)")
+    root = Path(args.root)
+    done = store.embed(
+        wanted,
+        root,
+        tls_verify=args.tls_verify,
+        on_image=None if args.json else (lambda e: print(f"embedded {e.ref}  {e.digest}")),
+    )
+    if args.json:
+        _json_out({"store": str(root / store.STORE), "images": [asdict(e) for e in done]})
+    else:
+        print(f"{len(done)} images in {root / store.STORE}; list in {root / store.LIST}")
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from imagemode.build import bundle
+    from imagemode.oci.reference import parse_local
+
+    b = bundle.bundle(parse_local(args.image), Path(args.output))
+    if args.json:
+        _json_out(asdict(b))
+        return 0
+    print(f"{b.path}: {b.image} {b.digest}, {human_size(b.size_bytes)}")
+    print(f"  {len(b.embedded)} embedded workload images inside")
+    for ref in b.bound:
+        print(f"  bound image not inside (pulled by the device at update time): {ref}")
+    print(f"apply on a device: imagemode switch --transport oci-archive {b.path}")
     return 0
 
 
@@ -354,6 +412,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
             f"freed {human_size(r['bytes_freed'])}: {r['refs_removed']} image and layer refs,"
             f" {r['deployments_removed']} deployments"
         )
+        for ref in r["bound_images_removed"]:
+            print(f"  removed bound image {ref}: no deployment names it")
     return 0
 
 
@@ -526,6 +586,24 @@ def _group(sub: Any, name: str, help: str, description: str) -> Any:
     return g.add_subparsers(dest=f"{name}_verb", metavar="VERB", parser_class=Parser, required=True)
 
 
+def _tls_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tls-verify",
+        type=_bool,
+        default=True,
+        metavar="BOOL",
+        help="false: reach registries over plain HTTP (as podman's flag)",
+    )
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {text!r}")
+
+
 def _lint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", nargs="?", metavar="IMAGE", help="an image in local containers-storage")
     p.add_argument("--fatal-warnings", action="store_true", help="fail on warnings too")
@@ -603,6 +681,8 @@ def build_parser() -> Parser:
         ),
         epilog="verbs:\n  build base      build the bootable Debian base image\n"
         "  build           build a Containerfile and lint the result\n"
+        "  embed           copy workload images into the OS tree's read-only store\n"
+        "  bundle          write an OS image as one oci-archive, for offline updates\n"
         "  container lint  check that an image is bootable (alias: lint)\n"
         "  disk            turn a bootable image into a disk (raw, qcow2, vmdk, vhd)\n"
         "  vm              boot a disk in QEMU, log in over SSH\n"
@@ -633,7 +713,48 @@ def build_parser() -> Parser:
     b.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE")
     b.add_argument("--no-lint", action="store_true", help="skip the lint after the build")
     b.add_argument("--fatal-warnings", action="store_true", help="lint warnings fail the build too")
+    b.add_argument(
+        "--embed",
+        action="append",
+        default=[],
+        metavar="SOURCE",
+        help="embed the images SOURCE names (release JSON, manifests, kustomize dir, quadlets, list)",
+    )
+    _tls_arg(b)
     b.set_defaults(func=cmd_build)
+
+    e = _verb(
+        sub,
+        "embed",
+        help="copy workload images into the OS tree's read-only store",
+        description="Copy every image the SOURCEs name into a read-only containers-storage under "
+        "ROOT/usr/lib/imagemode/containers/storage, which podman and CRI-O on the device use as an "
+        "additional image store, with no copy at start. SOURCE: MicroShift release JSON, Kubernetes "
+        "manifests, a kustomize directory, quadlet .container/.image files, or a list of references.",
+    )
+    e.add_argument("source", nargs="+", metavar="SOURCE")
+    e.add_argument(
+        "--root",
+        help="the OS tree to embed into; '/' in a Containerfile RUN step (no default: a build "
+        "host's own /usr is never meant)",
+    )
+    e.add_argument("--dry-run", action="store_true", help="print what would be embedded; copy nothing")
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
+    _tls_arg(e)
+    e.set_defaults(func=cmd_embed)
+
+    bu_ = _verb(
+        sub,
+        "bundle",
+        help="write an OS image as one oci-archive, for offline updates",
+        description="Write a local bootable image, with every workload image embedded in it, to one "
+        "oci-archive file. A device applies it with no network: "
+        "imagemode switch --transport oci-archive PATH.",
+    )
+    bu_.add_argument("image", metavar="IMAGE", help="a bootable image in local containers-storage")
+    bu_.add_argument("-o", "--output", required=True, metavar="FILE", help="the archive to write")
+    bu_.add_argument("--json", action="store_true", help="print the result as JSON")
+    bu_.set_defaults(func=cmd_bundle)
 
     csub = _group(
         sub,

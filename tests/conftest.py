@@ -21,9 +21,14 @@ GUEST_REGISTRY = "10.0.2.100:5000"
 DEVICE_TARGET = f"{GUEST_REGISTRY}/imagemode/hello:latest"
 
 
-def imagemode(*args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-    """Run the CLI as a user would, in a child process."""
-    p = subprocess.run([*IMAGEMODE, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+def imagemode(
+    *args: str, check: bool = True, timeout: float = 1800, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a user would, in a child process; `env` is added to the environment."""
+    p = subprocess.run(
+        [*IMAGEMODE, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
     if check and p.returncode != 0:
         raise AssertionError(f"imagemode {' '.join(args)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
     return p

@@ -111,3 +111,16 @@ def test_missing_resource_and_loops(tmp_path: Path) -> None:
     (tmp_path / "kustomization.yaml").write_text("resources: [.]\n")
     with pytest.raises(sources.SourceError, match="resources include each other in a loop"):
         sources.read(tmp_path)
+
+
+def test_example_manifests_dir_reads_each_kustomization_through_itself() -> None:
+    """MicroShift's manifests.d: a directory of kustomization directories. The Deployment alone names
+    `edge-workload`; through its kustomization it is registry.example.com/edge/workload:stable."""
+    example = Path(__file__).resolve().parent.parent / "examples/microshift-edge"
+    refs = [str(w.ref) for w in sources.gather([example / "release-x86_64.json", example / "manifests.d"])]
+    assert refs == ["registry.example.com/edge/workload:stable", "registry.example.com/edge/sidecar:stable"]
+    found = sources.read(example / "manifests.d")
+    assert [str(w.ref) for w in found] == [
+        "registry.example.com/edge/sidecar:stable",
+        "registry.example.com/edge/workload:stable",
+    ]

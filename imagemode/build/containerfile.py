@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imagemode.build import lint
+from imagemode.embed import layer, sources
 from imagemode.errors import ImagemodeError
 from imagemode.oci import storage
 from imagemode.oci.reference import ImageRef, Transport, local_tag
@@ -48,6 +49,8 @@ class BuildOptions:
     build_args: tuple[str, ...] = ()
     do_lint: bool = True
     fatal_warnings: bool = False
+    embed: tuple[Path, ...] = ()  # sources of workload images to embed (imagemode.embed)
+    tls_verify: bool = True  # for the registries of embedded images
 
 
 def build(opts: BuildOptions, on_line: Callable[[str], None] | None = None) -> lint.Report | None:
@@ -57,6 +60,11 @@ def build(opts: BuildOptions, on_line: Callable[[str], None] | None = None) -> l
         raise ImagemodeError(f"build context is not a directory: {opts.context}")
     temp = local_tag(f"localhost/imagemode-build-tmp:{secrets.token_hex(6)}")
     args: Sequence[str] = [f"--build-arg={a}" for a in opts.build_args]
+    # The sources are read before anything is built: a bad one costs no build time.
+    wanted = sources.gather(list(opts.embed)) if opts.embed else []
+    if opts.embed and not wanted:
+        raise ImagemodeError("--embed: the sources name no image")
+    built = temp
     try:
         run(
             [
@@ -74,15 +82,23 @@ def build(opts: BuildOptions, on_line: Callable[[str], None] | None = None) -> l
             ],
             on_line=on_line,
         )
-        report = lint_image(temp) if opts.do_lint else None
+        built = temp
+        if wanted:
+            built = local_tag(f"localhost/imagemode-build-tmp:{secrets.token_hex(6)}-embed")
+            layer.add_layer(
+                temp, built, wanted, isolation=isolation(), tls_verify=opts.tls_verify, on_line=on_line
+            )
+        report = lint_image(built) if opts.do_lint else None
         if report is not None:
             report.image = str(opts.tag)
         if report is not None and (report.errors or (opts.fatal_warnings and report.warnings)):
             raise lint.LintFailedError(report)
-        storage.tag(str(temp), opts.tag)
+        storage.tag(str(built), opts.tag)
         return report
     finally:
         storage.untag(temp)
+        if built != temp:
+            storage.untag(built)
 
 
 def parse_tag(text: str) -> ImageRef:

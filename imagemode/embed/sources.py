@@ -194,9 +194,11 @@ def read(path: Path) -> list[Wanted]:
     if path.is_dir():
         if any((path / k).is_file() for k in KUSTOMIZATIONS):
             return from_kustomization(path)
+        # A subdirectory with a kustomization is one unit (MicroShift's manifests.d holds such
+        # directories): its files are read through it, so that its `images:` overrides apply.
         out: list[Wanted] = []
-        for p in sorted(path.rglob("*")):
-            if p.suffix in (".yaml", ".yml", ".container", ".image", ".json") and p.is_file():
+        for p in sorted(path.iterdir()):
+            if p.is_dir() or p.suffix in (".yaml", ".yml", ".container", ".image", ".json"):
                 out += read(p)
         return out
     if path.name in KUSTOMIZATIONS:

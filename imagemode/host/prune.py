@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from imagemode.host import bound
 from imagemode.host import sysroot as sr
 from imagemode.store import importer
 from imagemode.store.ostree import Repo
@@ -68,10 +69,17 @@ def prune_store(sysroot: Any, repo: Repo, objects: bool = True) -> tuple[int, in
     return len(doomed), freed
 
 
-def prune() -> dict[str, int]:
-    """`imagemode prune`: extra deployments, then the store."""
+def prune() -> dict[str, Any]:
+    """`imagemode prune`: extra deployments, then the store, then bound images nothing names."""
     sr.require_booted()
     with sr.locked() as sysroot:
         undeployed = drop_extra_deployments(sysroot)
         refs, freed = prune_store(sysroot, Repo(sr.REPO))
-    return {"deployments_removed": undeployed, "refs_removed": refs, "bytes_freed": freed}
+        sysroot.load(None)
+        images = bound.gc(sysroot)
+    return {
+        "deployments_removed": undeployed,
+        "refs_removed": refs,
+        "bytes_freed": freed,
+        "bound_images_removed": images,
+    }

@@ -30,7 +30,7 @@ from imagemode.boot import grubenv, kargs
 from imagemode.errors import ImagemodeError
 from imagemode.health import config as health_config
 from imagemode.health import state as health_state
-from imagemode.host import etc, origin, prune
+from imagemode.host import bound, etc, origin, prune
 from imagemode.host import sysroot as sr
 from imagemode.host.health import PHYSICAL
 from imagemode.host.status import image_reference
@@ -246,6 +246,7 @@ def update(
                 repo, target, work, remote=remote, authfile=authfile, on_bytes=on_bytes, check_bootable=True
             )
             check_etc(sysroot, repo, booted, imp.commit, work)
+            bound.pull(bound.in_commit(repo, imp.commit, work), say)
             merge = sysroot.get_merge_deployment(origin.STATEROOT)
             args = new_kargs(sysroot, repo, merge, imp.commit, work)
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,14 @@ class ImageNotFoundError(ImagemodeError):
     pass
 
 
+def _skopeo() -> list[str]:
+    """skopeo, told about CONTAINERS_REGISTRIES_CONF: podman honours that variable, but Debian 12's
+    skopeo reads only its (hidden) --registries-conf flag. A mirror set up for podman then works for
+    imagemode too (docs/embed.md)."""
+    conf = os.environ.get("CONTAINERS_REGISTRIES_CONF")
+    return ["skopeo", f"--registries-conf={conf}"] if conf else ["skopeo"]
+
+
 def copy(
     src: ImageRef | str,
     dest: ImageRef | str,
@@ -26,11 +35,12 @@ def copy(
     dest_tls_verify: bool = True,
     src_authfile: Path | None = None,
     dest_creds: str | None = None,  # USER:PASSWORD
+    digest_file: Path | None = None,  # where skopeo writes the manifest digest it stored
     watchdog: Callable[[], str | None] | None = None,
 ) -> None:
     s = src.skopeo if isinstance(src, ImageRef) else src
     d = dest.skopeo if isinstance(dest, ImageRef) else dest
-    cmd = ["skopeo", "copy", "--quiet"]
+    cmd = [*_skopeo(), "copy", "--quiet"]
     if preserve_digests:
         cmd.append("--preserve-digests")
     if not src_tls_verify:
@@ -41,6 +51,8 @@ def copy(
         cmd.append(f"--src-authfile={src_authfile}")
     if dest_creds is not None:
         cmd.append(f"--dest-creds={dest_creds}")
+    if digest_file is not None:
+        cmd.append(f"--digestfile={digest_file}")
     run([*cmd, s, d], watchdog=watchdog)
 
 
@@ -48,7 +60,7 @@ def inspect_raw(
     ref: ImageRef, *, config: bool = False, authfile: Path | None = None, tls_verify: bool = True
 ) -> str:
     """The raw manifest (or config) bytes of `ref`, as text; no layer is read."""
-    cmd = ["skopeo", "inspect", "--raw", *(["--config"] if config else [])]
+    cmd = [*_skopeo(), "inspect", "--raw", *(["--config"] if config else [])]
     if not tls_verify:
         cmd.append("--tls-verify=false")
     if authfile is not None:

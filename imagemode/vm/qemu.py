@@ -142,7 +142,9 @@ class VM:
                "-drive", drive]  # fmt: skip
         for i, extra in enumerate(self.extra_disks):
             efmt = "qcow2" if extra.suffix == ".qcow2" else "raw"
-            cmd += ["-drive", f"if=virtio,format={efmt},file={extra},readonly=on,serial=extra{i}"]
+            # The serial number is a property of the device: QEMU 7 refuses `serial=` on -drive.
+            cmd += ["-drive", f"if=none,id=extra{i},format={efmt},file={extra},readonly=on",
+                    "-device", f"virtio-blk-pci,drive=extra{i},serial=extra{i}"]  # fmt: skip
         if self.network:
             net = f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"
             # guestfwd to a tcp: chardev connects once, when QEMU starts, and serves one guest connection
@@ -235,6 +237,27 @@ class VM:
                 return time.monotonic() - t0
             except RunError:
                 time.sleep(2)
+
+    def wait_console(self, pattern: str, timeout: float = 900) -> str:
+        """Wait for a console line matching `pattern` and return it: the way to follow a guest that
+        has no network, hence no SSH. Stops early when QEMU exits or the boot fails."""
+        rx = re.compile(pattern)
+        t0 = time.monotonic()
+        while True:
+            for line in self.console.splitlines():
+                if rx.search(line):
+                    return line.strip()
+            failure = self._failure()
+            if failure:
+                self.kill()
+                raise VMError(f"boot failed: {failure}")
+            if self.proc is None or self.proc.poll() is not None:
+                last = self.console.strip().splitlines()[-1:] or ["no output"]
+                raise VMError(f"qemu exited before the console printed {pattern!r} (last: {last[0]})")
+            if time.monotonic() - t0 > timeout:
+                self.kill()
+                raise VMError(f"the console did not print {pattern!r} within {timeout:.0f}s")
+            time.sleep(1)
 
     def exec(
         self, command: str, *, check: bool = True, timeout: float = 600
