@@ -11,6 +11,7 @@ import pytest
 
 from imagemode.host import bound
 from imagemode.host import sysroot as sysroot_mod
+from imagemode.store.ostree import Repo
 
 
 def tree(root: Path, images: dict[str, str], relative: bool = False) -> Path:
@@ -37,6 +38,20 @@ def test_bound_images_are_read_through_absolute_and_relative_links(tmp_path: Pat
     refs = [str(w.ref) for w in bound.in_tree(root)]
     assert refs == ["quay.io/x/db@sha256:" + "a" * 64, "registry.example.com/edge/tool:1"]
     assert bound.in_tree(tmp_path / "empty") == []
+
+
+def test_bound_images_are_read_from_a_commit(tmp_path: Path) -> None:
+    """As `upgrade` reads them: from the imported commit, before anything is checked out."""
+    tree(tmp_path / "tree", {"tool.image": "registry.example.com/edge/tool:1"})
+    tree(tmp_path / "tree", {"db.image": "registry.example.com/edge/db:2"}, relative=True)
+    repo = Repo(tmp_path / "repo").ensure()
+    commit = repo.commit(tmp_path / "tree", "test")
+    work = tmp_path / "work"
+    work.mkdir()
+    refs = [str(w.ref) for w in bound.in_commit(repo, commit, work)]
+    assert refs == ["registry.example.com/edge/db:2", "registry.example.com/edge/tool:1"]
+    bare = repo.commit(tmp_path / "tree/usr/share", "bare")  # no bound-images.d at all
+    assert bound.in_commit(repo, bare, tmp_path / "work2") == []
 
 
 def test_a_dangling_link_is_an_error_that_names_it(tmp_path: Path) -> None:

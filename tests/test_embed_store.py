@@ -173,3 +173,27 @@ def test_cli_dry_run_copies_nothing_and_errors_are_one_line(registry: Registry, 
     assert p.stderr.startswith(f"imagemode: error: {bad}"), p.stderr
     p = imagemode("embed", "--root", str(tmp_path / "root"), "--tls-verify=false", str(src))
     assert p.stdout.splitlines()[-1].startswith("2 images in "), p.stdout
+
+
+def test_build_embed_with_a_bad_reference_fails_and_tags_nothing(
+    base_image: dict[str, str], registry: Registry, tmp_path: Path
+) -> None:
+    src = tmp_path / "images.txt"
+    src.write_text(f"# the workload\n{registry.address}/embed/base:1\n{registry.address}/embed/missing:2\n")
+    tag = "localhost/imagemode-test/embed-bad:1"
+    p = imagemode("build", "-t", tag, "--embed", str(src), "--tls-verify=false",
+                  str(ROOT / "examples/microshift-edge"), check=False)  # fmt: skip
+    assert p.returncode == 1, p.stdout
+    last = p.stderr.strip().splitlines()[-1]
+    expected = f"imagemode: error: {registry.address}/embed/missing:2 ({src}:3): cannot embed"
+    assert last.startswith(expected), last
+    assert subprocess.run(["podman", "image", "exists", tag]).returncode != 0
+
+
+def test_bundle_refuses_an_image_that_does_not_boot(registry: Registry, tmp_path: Path) -> None:
+    out = tmp_path / "update.tar"
+    p = imagemode("bundle", BASE, "-o", str(out), check=False)
+    assert p.returncode == 1 and p.stderr.strip() == (
+        f"imagemode: error: {BASE}: not a bootable image (no containers.bootc=1 label)"
+    ), p.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -9,7 +9,6 @@ staged). Embed what must work offline.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tarfile
@@ -57,7 +56,7 @@ def bundle(image: ImageRef, out: Path) -> Bundle:
         embedded = tuple(e.ref for e in store.read_list(root))
         bound_refs = tuple(str(w.ref) for w in bound.in_tree(root))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{hashlib.sha256(str(os.getpid()).encode()).hexdigest()[:8]}")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # the archive appears whole, or not at all
     try:
         storage.copy(image, f"oci-archive:{tmp}")
         digest = _archive_digest(tmp)

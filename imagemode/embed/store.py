@@ -41,6 +41,7 @@ from imagemode.errors import ImagemodeError
 from imagemode.oci import storage
 from imagemode.oci.reference import ImageRef
 from imagemode.run import RunError
+from imagemode.store import fetch
 
 STORE = Path("usr/lib/imagemode/containers/storage")
 LIST = Path("usr/lib/imagemode/embedded.json")
@@ -113,8 +114,7 @@ def copy_one(want: Wanted, store: Path, runroot: Path, *, tls_verify: bool = Tru
             )
             digest = digest_file.read_text().strip()
     except RunError as e:
-        reason = str(e).split(": ", 1)[-1]
-        raise EmbedError(f"{ref} ({want.source}): cannot embed: {reason}") from None
+        raise EmbedError(f"{ref} ({want.source}): cannot embed: {fetch.cause(e)}") from None
     # skopeo has checked the bytes against a pinned digest already; this catches an index pinned
     # where one platform's manifest was stored, which podman would then not find by that digest.
     if ref.digest and digest != ref.digest:

@@ -22,6 +22,7 @@ from imagemode.errors import ImagemodeError
 from imagemode.host import sysroot as sr
 from imagemode.oci import storage
 from imagemode.run import RunError, run, which
+from imagemode.store import fetch
 from imagemode.store.ostree import Repo
 
 BOUND_D = "usr/lib/bootc/bound-images.d"
@@ -52,6 +53,7 @@ def in_tree(root: Path) -> list[sources.Wanted]:
 def in_commit(repo: Repo, commit: str, work: Path) -> list[sources.Wanted]:
     """The bound images of an imported commit, read from the few paths they live in."""
     root = work / "bound-root"
+    (root / BOUND_D).parent.mkdir(parents=True, exist_ok=True)  # ostree makes the last level only
     if not repo.checkout_subpath(commit, BOUND_D, root / BOUND_D):
         return []
     for link in (root / BOUND_D).iterdir():
@@ -60,6 +62,7 @@ def in_commit(repo: Repo, commit: str, work: Path) -> list[sources.Wanted]:
             parent = Path(target).parent if target.startswith("/") else Path(BOUND_D, target).parent
             rel = os.path.normpath(str(parent).lstrip("/"))
             if not (root / rel).is_dir():
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
                 repo.checkout_subpath(commit, rel, root / rel)
     return in_tree(root)
 
@@ -93,9 +96,8 @@ def pull(wanted: list[sources.Wanted], say: Any = lambda s: None) -> list[str]:
         try:
             run(["podman", "pull", "--quiet", str(w.ref)])
         except RunError as e:
-            reason = str(e).split(": ", 1)[-1]
             raise BoundImageError(
-                f"bound image {w.ref} ({w.source}) cannot be pulled: {reason}; nothing was staged"
+                f"bound image {w.ref} ({w.source}) cannot be pulled: {fetch.cause(e)}; nothing was staged"
             ) from None
         pulled.append(str(w.ref))
         _write_record([*_record(), str(w.ref)])

@@ -49,15 +49,20 @@ class FetchError(ImagemodeError):
     pass
 
 
-def explain(ref: ImageRef, e: RunError) -> FetchError:
+def cause(e: RunError) -> str:
+    """What a failed skopeo (or podman pull) means, in a few words, with its own message after."""
     detail = str(e).split(": ", 1)[-1]
     # skopeo logs as `time="…" level=fatal msg="…"`: keep the message.
     detail = re.sub(r'^time="[^"]*" level=\w+ msg="', "", detail).rstrip('"').replace('\\"', '"')
     detail = re.sub(r'^Error parsing image name "[^"]*": ', "", detail)  # the reference, said again
-    for needles, cause in _CAUSES:
+    for needles, meaning in _CAUSES:
         if any(n.lower() in detail.lower() for n in needles):
-            return FetchError(f"cannot read {ref.skopeo}: {cause} ({detail[:160]})")
-    return FetchError(f"cannot read {ref.skopeo}: {detail[:200]}")
+            return f"{meaning} ({detail[:160]})"
+    return detail[:200]
+
+
+def explain(ref: ImageRef, e: RunError) -> FetchError:
+    return FetchError(f"cannot read {ref.skopeo}: {cause(e)}")
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,12 @@ class VMError(ImagemodeError):
     pass
 
 
+# Fixed PCI slots for every device but the boot disk, which keeps the first free one. OVMF keeps its
+# boot entry by PCI path: a network card or a second disk that took the boot disk's slot on a later
+# power-on would leave that boot at the UEFI shell.
+NET_SLOT = 0x18
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -143,8 +149,8 @@ class VM:
         for i, extra in enumerate(self.extra_disks):
             efmt = "qcow2" if extra.suffix == ".qcow2" else "raw"
             # The serial number is a property of the device: QEMU 7 refuses `serial=` on -drive.
-            cmd += ["-drive", f"if=none,id=extra{i},format={efmt},file={extra},readonly=on",
-                    "-device", f"virtio-blk-pci,drive=extra{i},serial=extra{i}"]  # fmt: skip
+            dev = f"virtio-blk-pci,drive=extra{i},serial=extra{i},addr={0x10 + i:#x}"
+            cmd += ["-drive", f"if=none,id=extra{i},format={efmt},file={extra},readonly=on", "-device", dev]
         if self.network:
             net = f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"
             # guestfwd to a tcp: chardev connects once, when QEMU starts, and serves one guest connection
@@ -152,7 +158,7 @@ class VM:
             # Its log goes to /dev/null: stderr is the guest's socket, and an error there reads as HTTP.
             for ip, gport, hport in self.guestfwds:
                 net += f",guestfwd=tcp:{ip}:{gport}-cmd:socat -lf /dev/null STDIO TCP:127.0.0.1:{hport}"
-            cmd += ["-netdev", net, "-device", "virtio-net-pci,netdev=n0"]
+            cmd += ["-netdev", net, "-device", f"virtio-net-pci,netdev=n0,addr={NET_SLOT:#x}"]
         return cmd
 
     def start(self) -> VM:
