@@ -35,8 +35,9 @@ def test_bound_images_are_read_through_absolute_and_relative_links(tmp_path: Pat
     root = tree(tmp_path / "a", {"tool.image": "registry.example.com/edge/tool:1"})
     tree(root, {"db.image": "quay.io/x/db@sha256:" + "a" * 64}, relative=True)
     (root / bound.BOUND_D / "README").write_text("not a quadlet: ignored\n")
-    refs = [str(w.ref) for w in bound.in_tree(root)]
-    assert refs == ["quay.io/x/db@sha256:" + "a" * 64, "registry.example.com/edge/tool:1"]
+    found = bound.in_tree(root)
+    assert [str(w.ref) for w in found] == ["quay.io/x/db@sha256:" + "a" * 64, "registry.example.com/edge/tool:1"]
+    assert [w.source for w in found] == [f"/{bound.BOUND_D}/db.image", f"/{bound.BOUND_D}/tool.image"]
     assert bound.in_tree(tmp_path / "empty") == []
 
 

@@ -197,3 +197,24 @@ def test_bundle_refuses_an_image_that_does_not_boot(registry: Registry, tmp_path
         f"imagemode: error: {BASE}: not a bootable image (no containers.bootc=1 label)"
     ), p.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_build_embed_on_an_image_that_embeds_already_keeps_both(registry: Registry, tmp_path: Path) -> None:
+    first, second = "localhost/imagemode-test/embed-first:1", "localhost/imagemode-test/embed-second:1"
+    for tag, base, name in ((first, BASE, "embed/base:1"), (second, first, "embed/deletes:1")):
+        ctx = tmp_path / tag.rsplit("/", 1)[1]
+        ctx.mkdir()
+        (ctx / "Containerfile").write_text(f"FROM {base}\n")
+        (ctx / "images.txt").write_text(f"{registry.address}/{name}\n")
+        imagemode("build", "--no-lint", "-t", tag, "--embed", str(ctx / "images.txt"), "--tls-verify=false",
+                  str(ctx))  # fmt: skip
+    mnt = Path(subprocess.run(["podman", "image", "mount", second], capture_output=True, text=True,
+                              check=True).stdout.strip())  # fmt: skip
+    try:
+        listed = [e["ref"] for e in json.loads((mnt / store.LIST).read_text())["images"]]
+        assert listed == [f"{registry.address}/embed/base:1", f"{registry.address}/embed/deletes:1"]
+        env = podman_env(tmp_path, mnt)
+        names = pm(env, "images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+        assert sorted(names) == sorted(listed), names
+    finally:
+        subprocess.run(["podman", "image", "unmount", second], check=False)

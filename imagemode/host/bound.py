@@ -46,7 +46,8 @@ def in_tree(root: Path) -> list[sources.Wanted]:
         path = root / target.lstrip("/") if target.startswith("/") else d / target
         if not path.is_file():
             raise BoundImageError(f"/{BOUND_D}/{link.name}: points to {target}, which the image lacks")
-        found += sources.from_quadlet(path)
+        # Named by the link, as the image has it: the checkout's temporary path means nothing.
+        found += [sources.Wanted(w.ref, f"/{BOUND_D}/{link.name}") for w in sources.from_quadlet(path)]
     return found
 
 
