@@ -36,7 +36,8 @@ def test_bound_images_are_read_through_absolute_and_relative_links(tmp_path: Pat
     tree(root, {"db.image": "quay.io/x/db@sha256:" + "a" * 64}, relative=True)
     (root / bound.BOUND_D / "README").write_text("not a quadlet: ignored\n")
     found = bound.in_tree(root)
-    assert [str(w.ref) for w in found] == ["quay.io/x/db@sha256:" + "a" * 64, "registry.example.com/edge/tool:1"]
+    db = "quay.io/x/db@sha256:" + "a" * 64
+    assert [str(w.ref) for w in found] == [db, "registry.example.com/edge/tool:1"]
     assert [w.source for w in found] == [f"/{bound.BOUND_D}/db.image", f"/{bound.BOUND_D}/tool.image"]
     assert bound.in_tree(tmp_path / "empty") == []
 
