@@ -48,9 +48,7 @@ def _archive_digest(path: Path) -> str:
 def bundle(image: ImageRef, out: Path) -> Bundle:
     if image.transport is not Transport.CONTAINERS_STORAGE:
         raise ImagemodeError(f"{image.skopeo}: bundle takes a local image (copy it in with skopeo first)")
-    info = storage.inspect(image)
-    labels = info.get("Labels") or info.get("Config", {}).get("Labels") or {}
-    if labels.get(BOOTC_LABEL) != "1":
+    if storage.labels(image).get(BOOTC_LABEL) != "1":
         raise ImagemodeError(f"{image}: not a bootable image (no {BOOTC_LABEL}=1 label)")
     with storage.mounted(image) as root:
         embedded = tuple(e.ref for e in store.read_list(root))

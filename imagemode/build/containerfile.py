@@ -35,8 +35,7 @@ def lint_image(ref: ImageRef) -> lint.Report:
             storage.untag(temp)
         report.image = ref.skopeo
         return report
-    info = storage.inspect(ref)
-    labels = info.get("Labels") or info.get("Config", {}).get("Labels") or {}
+    labels = storage.labels(ref)
     with storage.mounted(ref) as root:
         return lint.lint_tree(root, labels, image=str(ref))
 
@@ -82,7 +81,6 @@ def build(opts: BuildOptions, on_line: Callable[[str], None] | None = None) -> l
             ],
             on_line=on_line,
         )
-        built = temp
         if wanted:
             built = local_tag(f"localhost/imagemode-build-tmp:{secrets.token_hex(6)}-embed")
             layer.add_layer(

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from imagemode.boot import replace
 from imagemode.embed import sources
 from imagemode.errors import ImagemodeError
 from imagemode.host import sysroot as sr
@@ -75,10 +76,7 @@ def _record() -> list[str]:
 
 
 def _write_record(refs: list[str]) -> None:
-    RECORD.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RECORD.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"pulled": sorted(set(refs))}, indent=2) + "\n")
-    os.replace(tmp, RECORD)
+    replace.replace(RECORD, (json.dumps({"pulled": sorted(set(refs))}, indent=2) + "\n").encode())
 
 
 def pull(wanted: list[sources.Wanted], say: Any = lambda s: None) -> list[str]:

@@ -82,6 +82,13 @@ def inspect(ref: ImageRef) -> dict[str, Any]:
     return data[0]
 
 
+def labels(ref: ImageRef) -> dict[str, str]:
+    """A local image's labels (podman puts them at the top, or under Config, by version)."""
+    info = inspect(ref)
+    found: dict[str, str] = info.get("Labels") or info.get("Config", {}).get("Labels") or {}
+    return found
+
+
 def tag(source: str, ref: ImageRef) -> None:
     run(["podman", "tag", source, str(ref)])
 

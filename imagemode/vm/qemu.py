@@ -215,29 +215,31 @@ class VM:
         return ["ssh", *SSH_OPTS, *tty_opt, "-i", str(self.ssh_key), "-p", str(self.ssh_port),
                 "root@127.0.0.1", command]  # fmt: skip
 
+    def _still_booting(self, t0: float, timeout: float, waiting_for: str) -> None:
+        """Raise, with the console's last line, if the boot failed, QEMU exited or time ran out."""
+        failure = self._failure()
+        if failure:
+            self.kill()
+            raise VMError(f"boot failed: {failure}")
+        last = (self.console.strip().splitlines()[-1:] or ["no output"])[0]
+        if self.proc is None or self.proc.poll() is not None:
+            status = self.proc.returncode if self.proc else "?"
+            raise VMError(f"qemu exited with status {status} before {waiting_for} (last: {last})")
+        if time.monotonic() - t0 > timeout:
+            self.kill()
+            raise VMError(f"no {waiting_for} after {timeout:.0f}s (last: {last})")
+
     def wait_ssh(self, timeout: float = 600) -> float:
         """Wait until SSH runs a command. Returns the seconds it took; stops early on a failed boot."""
         t0 = time.monotonic()
         while True:
-            failure = self._failure()
-            if failure:
-                self.kill()
-                raise VMError(f"boot failed: {failure}")
-            if self.proc is None or self.proc.poll() is not None:
-                raise VMError(
-                    f"qemu exited with status {self.proc.returncode if self.proc else '?'}: "
-                    f"{self.console.strip().splitlines()[-1:] or 'no output'}"
-                )
-            now = time.monotonic()
-            if now - self._last_output > self.silence_timeout:
+            self._still_booting(t0, timeout, "SSH")
+            if time.monotonic() - self._last_output > self.silence_timeout:
                 last = self.console.strip().splitlines()[-1:] or ["nothing"]
                 self.kill()
                 raise VMError(
                     f"boot hangs: no console output for {self.silence_timeout:.0f}s (last: {last[0]})"
                 )
-            if now - t0 > timeout:
-                self.kill()
-                raise VMError(f"no SSH after {timeout:.0f}s")
             try:
                 run(self.ssh_cmd("true"), timeout=20)
                 return time.monotonic() - t0
@@ -253,16 +255,7 @@ class VM:
             for line in self.console.splitlines():
                 if rx.search(line):
                     return line.strip()
-            failure = self._failure()
-            if failure:
-                self.kill()
-                raise VMError(f"boot failed: {failure}")
-            if self.proc is None or self.proc.poll() is not None:
-                last = self.console.strip().splitlines()[-1:] or ["no output"]
-                raise VMError(f"qemu exited before the console printed {pattern!r} (last: {last[0]})")
-            if time.monotonic() - t0 > timeout:
-                self.kill()
-                raise VMError(f"the console did not print {pattern!r} within {timeout:.0f}s")
+            self._still_booting(t0, timeout, f"console line {pattern!r}")
             time.sleep(1)
 
     def exec(
