@@ -139,14 +139,15 @@ def test_layers_are_shared_and_links_are_stable_across_rebuilds(registry: Regist
 
 def test_bad_references_name_themselves_and_leave_no_list(registry: Registry, tmp_path: Path) -> None:
     root = tmp_path / "root"
+    root.mkdir()
     with pytest.raises(store.EmbedError, match=r"embed/nope:1 \(test\): cannot embed"):
         embed(registry, root, "embed/nope:1")
-    assert not (root / store.LIST).exists()
+    assert list(root.iterdir()) == []  # no list, and no empty store left behind
     other = registry.digest("embed/base:1")
     pinned = Wanted(qualify(f"{registry.address}/embed/deletes:1@{other}", "list:3"), "list:3")
     with pytest.raises(store.EmbedError, match=r"list:3\): digest mismatch: tag 1 is now sha256:"):
         store.embed([pinned], root, tls_verify=False)
-    assert not (root / store.LIST).exists()
+    assert list(root.iterdir()) == []
     # Tag and digest that agree: fetched by the digest, found by the tag.
     right = registry.digest("embed/deletes:1")
     ok = Wanted(qualify(f"{registry.address}/embed/deletes:1@{right}", "list:4"), "list:4")

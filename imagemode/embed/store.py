@@ -140,14 +140,20 @@ def embed(
     """Copy every wanted image into the store under `root`, rewrite the store for ostree, and write
     the list and the storage.conf that makes the store visible."""
     store = root / STORE
+    fresh = not store.exists()
     store.mkdir(parents=True, exist_ok=True)
     done: list[Embedded] = []
-    with tempfile.TemporaryDirectory(prefix="imagemode-embed-run-") as runroot:
-        for want in wanted:
-            item = copy_one(want, store, Path(runroot), tls_verify=tls_verify)
-            done.append(item)
-            if on_image:
-                on_image(item)
+    try:
+        with tempfile.TemporaryDirectory(prefix="imagemode-embed-run-") as runroot:
+            for want in wanted:
+                item = copy_one(want, store, Path(runroot), tls_verify=tls_verify)
+                done.append(item)
+                if on_image:
+                    on_image(item)
+    except BaseException:
+        if fresh:  # a failed first embed leaves the tree as it found it, not an unlisted store
+            _remove_made(store, root)
+        raise
     normalize(store)
     old = read_list(root)
     merged = {e.ref: e for e in old} | {e.ref: e for e in done}
@@ -156,6 +162,15 @@ def embed(
     conf.parent.mkdir(parents=True, exist_ok=True)
     conf.write_text(STORAGE_CONF_TEXT)
     return done
+
+
+def _remove_made(path: Path, root: Path) -> None:
+    """Remove `path` and the parents it left empty, up to (not including) `root`."""
+    shutil.rmtree(path)
+    parent = path.parent
+    while parent != root and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
 
 
 def read_list(root: Path) -> list[Embedded]:
