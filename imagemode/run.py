@@ -8,6 +8,7 @@ carries the command and that tail. No shell strings: arguments are always a list
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import shlex
@@ -50,6 +51,30 @@ PACKAGE_OF = {
 }
 
 STDERR_TAIL_LINES = 12
+# Flags whose value is a secret. imagemode passes none of them (credentials go in 0600 files, password
+# hashes on stdin), so this only guards a log line against a caller that one day does.
+SECRET_FLAGS = ("--creds", "--src-creds", "--dest-creds", "--registry-token", "--password", "--passphrase")
+
+
+def redacted(argv: Sequence[str]) -> str:
+    """A command line fit for a log or an error: every secret flag's value replaced."""
+    out: list[str] = []
+    hide_next = False
+    for a in argv:
+        if hide_next:
+            out.append("***")
+            hide_next = False
+            continue
+        flag, eq, _ = a.partition("=")
+        if flag in SECRET_FLAGS:
+            if eq:
+                out.append(f"{flag}=***")
+            else:
+                out.append(a)
+                hide_next = True
+            continue
+        out.append(a)
+    return shlex.join(out)
 
 
 class RunError(ImagemodeError):
@@ -68,7 +93,7 @@ class RunError(ImagemodeError):
 
     @property
     def command_line(self) -> str:
-        return shlex.join(self.cmd)
+        return redacted(self.cmd)
 
 
 class ToolMissingError(ImagemodeError):
@@ -126,7 +151,7 @@ def run(
       tools hang rather than fail when their disk fills (apt-get does), so long steps watch the disk.
     """
     argv = [os.fspath(c) for c in cmd]
-    log.debug("run: %s", shlex.join(argv))
+    log.debug("run: %s", redacted(argv))
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
@@ -197,7 +222,7 @@ def run(
 def run_interactive(cmd: Sequence[PathString]) -> int:
     """Run a program on this terminal (an SSH session, say) and return its exit status."""
     argv = [os.fspath(c) for c in cmd]
-    log.debug("run (interactive): %s", shlex.join(argv))
+    log.debug("run (interactive): %s", redacted(argv))
     try:
         return subprocess.call(argv)
     except FileNotFoundError as e:
@@ -240,6 +265,17 @@ def _tail_pump(stream: IO[bytes], buf: bytearray, keep: int) -> None:
         del buf[:-keep]
 
 
+_scopes = itertools.count()
+
+
+def _scope_name() -> str:
+    return f"imagemode-check-{os.getpid()}-{next(_scopes)}"
+
+
+def _systemd_runs() -> bool:
+    return os.geteuid() == 0 and os.path.isdir("/run/systemd/system") and which("systemd-run") is not None
+
+
 def run_confined(
     cmd: Sequence[PathString],
     *,
@@ -247,15 +283,23 @@ def run_confined(
     env: Mapping[str, str] | None = None,
     keep: int = 4096,
     grace: float = 2.0,
+    scope: bool = False,
 ) -> Confined:
     """Run a program nobody vouches for (a health check script) without letting it hold us up.
 
     It gets its own session, so a timeout stops its whole process group (a shell script's `sleep`
     included). Only the last `keep` bytes of its output stay in memory, whatever it prints. Nothing
     raises: a program that cannot start (not executable, not a program) ends with `error` set.
+
+    scope: where systemd runs the machine, the program also gets a transient scope unit, its own
+    cgroup, and a timeout kills the whole cgroup. A child that left the session (`setsid`, a daemon)
+    is in the cgroup still, so nothing it started outlives the timeout.
     """
     argv = [os.fspath(c) for c in cmd]
-    log.debug("run (confined, %.0fs): %s", timeout, shlex.join(argv))
+    unit = _scope_name() if scope and _systemd_runs() else None
+    if unit is not None:
+        argv = ["systemd-run", "--scope", "--quiet", "--collect", f"--unit={unit}", "--", *argv]
+    log.debug("run (confined, %.0fs): %s", timeout, redacted(argv))
     t0 = time.monotonic()
     try:
         proc = subprocess.Popen(
@@ -273,6 +317,8 @@ def run_confined(
         returncode: int | None = proc.wait(timeout)
     except subprocess.TimeoutExpired:
         returncode, error = None, f"timed out after {timeout:g}s"
+        if unit is not None:
+            run(["systemctl", "kill", "--signal=SIGKILL", f"{unit}.scope"], check=False)
         for sig, wait in ((15, grace), (9, None)):
             try:
                 os.killpg(proc.pid, sig)

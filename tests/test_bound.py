@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from imagemode import confined
 from imagemode.host import bound
 from imagemode.host import sysroot as sysroot_mod
 from imagemode.store.ostree import Repo
@@ -35,11 +36,12 @@ def test_bound_images_are_read_through_absolute_and_relative_links(tmp_path: Pat
     root = tree(tmp_path / "a", {"tool.image": "registry.example.com/edge/tool:1"})
     tree(root, {"db.image": "quay.io/x/db@sha256:" + "a" * 64}, relative=True)
     (root / bound.BOUND_D / "README").write_text("not a quadlet: ignored\n")
-    found = bound.in_tree(root)
+    found = bound.in_tree(confined.Tree(root))
     db = "quay.io/x/db@sha256:" + "a" * 64
     assert [str(w.ref) for w in found] == [db, "registry.example.com/edge/tool:1"]
     assert [w.source for w in found] == [f"/{bound.BOUND_D}/db.image", f"/{bound.BOUND_D}/tool.image"]
-    assert bound.in_tree(tmp_path / "empty") == []
+    (tmp_path / "empty").mkdir()
+    assert bound.in_tree(confined.Tree(tmp_path / "empty")) == []
 
 
 def test_bound_images_are_read_from_a_commit(tmp_path: Path) -> None:
@@ -48,12 +50,10 @@ def test_bound_images_are_read_from_a_commit(tmp_path: Path) -> None:
     tree(tmp_path / "tree", {"db.image": "registry.example.com/edge/db:2"}, relative=True)
     repo = Repo(tmp_path / "repo").ensure()
     commit = repo.commit(tmp_path / "tree", "test")
-    work = tmp_path / "work"
-    work.mkdir()
-    refs = [str(w.ref) for w in bound.in_commit(repo, commit, work)]
+    refs = [str(w.ref) for w in bound.in_commit(repo, commit)]
     assert refs == ["registry.example.com/edge/db:2", "registry.example.com/edge/tool:1"]
     bare = repo.commit(tmp_path / "tree/usr/share", "bare")  # no bound-images.d at all
-    assert bound.in_commit(repo, bare, tmp_path / "work2") == []
+    assert bound.in_commit(repo, bare) == []
 
 
 def test_a_dangling_link_is_an_error_that_names_it(tmp_path: Path) -> None:
@@ -61,7 +61,7 @@ def test_a_dangling_link_is_an_error_that_names_it(tmp_path: Path) -> None:
     d.mkdir(parents=True)
     (d / "gone.image").symlink_to("/usr/share/containers/systemd/gone.image")
     with pytest.raises(bound.BoundImageError, match=r"bound-images.d/gone.image: points to /usr/share/"):
-        bound.in_tree(tmp_path)
+        bound.in_tree(confined.Tree(tmp_path))
 
 
 class FakeSysroot:

@@ -44,12 +44,13 @@ def test_new_image_kargs_go_last_when_the_old_image_had_none() -> None:
 
 
 def test_prune_keeps_deployed_images_and_their_layers() -> None:
+    d1, d2, d3, d9 = (f"sha256:{c * 64}" for c in "1239")
     images = {"imagemode/image/a": "c1", "imagemode/image/b": "c2", "imagemode/image/old": "c3"}
-    layers = [layer_ref(d) for d in ("sha256:1", "sha256:2", "sha256:3", "sha256:9")]
-    diff_ids = {"c1": ["sha256:1"], "c2": ["sha256:1", "sha256:2"], "c3": ["sha256:3"], "c4": ["sha256:9"]}
+    layers = [layer_ref(d) for d in (d1, d2, d3, d9)]
+    diff_ids = {"c1": [d1], "c2": [d1, d2], "c3": [d3], "c4": [d9]}
     doomed = refs_to_delete(images, layers, {"c1", "c2", "c4"}, diff_ids)
     # c4 is deployed without an image ref of its own (a disk's first deployment): its layer stays.
-    assert doomed == ["imagemode/image/old", layer_ref("sha256:3")]
+    assert doomed == ["imagemode/image/old", layer_ref(d3)]
 
 
 @dataclass

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagemode.boot import cmdline
+
 _INDEX_RE = re.compile(r"\(ostree:(\d+)\)")
 
 
@@ -25,7 +27,7 @@ class Entry:
         return int(m.group(1)) if m else 1 << 30
 
     def karg(self, key: str) -> str | None:
-        for arg in self.options.split():
+        for arg in cmdline.split(self.options):
             k, sep, v = arg.partition("=")
             if k == key and sep:
                 return v

@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-from imagemode.boot import bls, grubenv, replace
+from imagemode.boot import bls, cmdline, grubenv, replace
 
 GRUB_CFG = "grub/grub.cfg"
 DEFAULT_TIMEOUT = 1
@@ -76,11 +76,12 @@ def render(
         lines += boot_counting(ids[0])
     for e in entries:
         opts, target = [], []
-        for arg in e.options.split():
+        for arg in cmdline.split(e.options):
             if arg.startswith("ostree="):
                 target = _ostree_target(arg[len("ostree=") :])
-                arg = "ostree=$ostree_target"
-            opts.append(arg)
+                opts.append("ostree=$ostree_target")  # GRUB's variable: the one word left unquoted
+            else:
+                opts.append(cmdline.for_grub(arg))
         title = e.title.replace("'", "")
         lines += [
             f"menuentry '{title}' --id 'ostree-{e.index}' {{",

@@ -8,34 +8,61 @@ keeps the machine's.
 from __future__ import annotations
 
 import platform
-import tempfile
 import tomllib
-from pathlib import Path
 
-from imagemode.store.ostree import Repo
+from imagemode import confined
+from imagemode.boot import cmdline
+from imagemode.errors import ImagemodeError
+from imagemode.store.ostree import CommitReader, Repo
 
 KARGS_D = "usr/lib/bootc/kargs.d"
 
 
-def image_kargs(kargs_d: Path) -> list[str]:
-    """Kernel arguments from an image's kargs.d/*.toml, in name order, for this architecture."""
+class KargsError(ImagemodeError):
+    pass
+
+
+def image_kargs(tree: confined.Reader) -> list[str]:
+    """Kernel arguments from an image's kargs.d/*.toml, in name order, for this architecture. The
+    files are the image's: a wrong type is refused by name, as bootc refuses it."""
     out: list[str] = []
     arch = platform.machine()
-    for f in sorted(kargs_d.glob("*.toml")) if kargs_d.is_dir() else []:
-        data = tomllib.loads(f.read_text())
+    d = confined.resolve(tree, KARGS_D)
+    if d is None or tree.kind(d) is not confined.Kind.DIR:
+        return out
+    for name in tree.listdir(d):
+        if not name.endswith(".toml"):
+            continue
+        where = f"/{KARGS_D}/{name}"
+        text = confined.read_text(tree, f"{d}/{name}")
+        if text is None:
+            continue
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise KargsError(f"{where}: not TOML ({e})") from None
         arches = data.get("match-architectures")
+        if arches is not None and not _strings(arches):
+            raise KargsError(f"{where}: match-architectures must be a list of strings")
         if arches and arch not in arches:
             continue
-        out.extend(data.get("kargs", []))
+        kargs = data.get("kargs", [])
+        if not _strings(kargs):
+            raise KargsError(f'{where}: kargs must be a list of strings, like kargs = ["quiet"]')
+        try:
+            out.extend(cmdline.check(kargs, where))
+        except cmdline.CmdlineError as e:
+            raise KargsError(str(e)) from None
     return out
 
 
-def commit_kargs(repo: Repo, commit: str, work: Path) -> list[str]:
-    """An image's kargs.d, read from its commit without checking the whole tree out."""
-    with tempfile.TemporaryDirectory(prefix="kargs-", dir=work) as tmp:
-        d = Path(tmp) / "kargs.d"
-        repo.checkout_subpath(commit, KARGS_D, d)  # no kargs.d: no kernel arguments
-        return image_kargs(d)
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def commit_kargs(repo: Repo, commit: str) -> list[str]:
+    """An image's kargs.d, read from its commit without checking anything out."""
+    return image_kargs(CommitReader(repo, commit))
 
 
 def replace_image_kargs(current: list[str], old: list[str], new: list[str]) -> list[str]:

@@ -15,6 +15,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagemode import confined
 from imagemode.embed import store
 from imagemode.errors import ImagemodeError
 from imagemode.host import bound
@@ -52,7 +53,8 @@ def bundle(image: ImageRef, out: Path) -> Bundle:
         raise ImagemodeError(f"{image}: not a bootable image (no {BOOTC_LABEL}=1 label)")
     with storage.mounted(image) as root:
         embedded = tuple(e.ref for e in store.read_list(root))
-        bound_refs = tuple(str(w.ref) for w in bound.in_tree(root))
+        with confined.Tree(root) as tree:
+            bound_refs = tuple(str(w.ref) for w in bound.in_tree(tree))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # the archive appears whole, or not at all
     try:

@@ -94,7 +94,7 @@ def build(opts: DiskOptions, progress: Progress) -> DiskResult:
         cmdline = [
             f"root=UUID={root_uuid}",
             "rw",
-            *kargs.commit_kargs(repo, imp.commit, work),
+            *kargs.commit_kargs(repo, imp.commit),
             *cfg.kernel_append,
         ]
         follows = opts.target.skopeo if opts.target else imp.image

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imagemode.boot import cmdline
 from imagemode.errors import ImagemodeError
 from imagemode.run import RunError, run
 
@@ -136,5 +137,9 @@ def load(path: Path) -> DiskConfig:
             raise ConfigError(f'{where}: only mountpoint = "/" is supported')
         if "minsize" in fs:
             minsize = parse_size(fs["minsize"], where + ".minsize")
-    append = tuple(cz.get("kernel", {}).get("append", "").split())
+    append_text = cz.get("kernel", {}).get("append", "")
+    try:
+        append = tuple(cmdline.check(cmdline.split(append_text), f"{path}: customizations.kernel.append"))
+    except cmdline.CmdlineError as e:
+        raise ConfigError(str(e)) from None
     return DiskConfig(tuple(users), append, minsize)

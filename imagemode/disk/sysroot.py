@@ -6,11 +6,11 @@ customizations: users, SSH keys, kernel arguments, and the GRUB menu.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from imagemode import confined
 from imagemode.boot import grub
 from imagemode.disk.config import ConfigError, DiskConfig, User
 from imagemode.host.origin import STATEROOT, origin
@@ -49,74 +49,99 @@ def deploy(
     return dep
 
 
-def _passwd_entry(deployment: Path, name: str) -> tuple[int, int, str]:
-    for line in (deployment / "etc/passwd").read_text().splitlines():
+def _passwd_entry(deployment: confined.Tree, name: str) -> tuple[int, int, str]:
+    for line in _read(deployment, "etc/passwd").splitlines():
         f = line.split(":")
-        if f[0] == name:
-            return int(f[2]), int(f[3]), f[5]
+        if f[0] == name and len(f) >= 7:
+            try:
+                return int(f[2]), int(f[3]), f[5]
+            except ValueError:
+                break
     raise ConfigError(f"user {name} was not created")
 
 
-def _state_path(sysroot: Path, home: str) -> Path:
-    """Where a home directory lives on disk: /root and /home are links into the stateroot's /var."""
-    home = home.rstrip("/")
-    for prefix, var in (
-        ("/root", "roothome"),
-        ("/var/roothome", "roothome"),
-        ("/home", "home"),
-        ("/var/home", "home"),
-    ):
+def _read(tree: confined.Tree, rel: str) -> str:
+    """A text file of the image, its symlinks followed inside the image only."""
+    path = confined.resolve(tree, rel)
+    if path is None:
+        raise ConfigError(f"/{rel} is missing from the image")
+    return tree.read_bytes(path).decode(errors="replace")
+
+
+STATE_HOMES = (
+    ("/root", "roothome"),
+    ("/var/roothome", "roothome"),
+    ("/home", "home"),
+    ("/var/home", "home"),
+)
+
+
+def _state_rel(home: str) -> str:
+    """Where a home directory lives in the stateroot's /var: /root and /home are links into it. The
+    path comes from the image's /etc/passwd, so `..` is refused, not resolved."""
+    for prefix, var in STATE_HOMES:
         if home == prefix or home.startswith(prefix + "/"):
-            return sysroot / "ostree/deploy" / STATEROOT / "var" / var / home[len(prefix) :].lstrip("/")
+            rel = f"{var}/{home[len(prefix) :].strip('/')}".rstrip("/")
+            try:
+                confined.parts(rel)
+            except confined.ConfinedError:
+                raise ConfigError(f"home directory {home} leaves /home or /root; refusing it") from None
+            return rel
     raise ConfigError(f"home directory {home} is not under /home or /root")
 
 
+def _set_password(deployment: Path, user: User) -> None:
+    """chpasswd -e reads `name:hash` on stdin, so the hash is never on a command line."""
+    run(["chpasswd", "--encrypted", "--root", deployment], input=f"{user.name}:{user.password}\n")
+
+
 def add_user(sysroot: Path, deployment: Path, user: User) -> None:
-    exists = any(
-        ln.split(":")[0] == user.name for ln in (deployment / "etc/passwd").read_text().splitlines()
-    )
+    with (
+        confined.Tree(deployment) as dep,
+        confined.Tree(sysroot / "ostree/deploy" / STATEROOT / "var") as var,
+    ):
+        try:
+            _add_user(dep, var, deployment, user)
+        except confined.ConfinedError as e:
+            raise ConfigError(f"cannot set up user {user.name}: {e}") from None
+
+
+def _add_user(dep: confined.Tree, var: confined.Tree, deployment: Path, user: User) -> None:
+    exists = any(ln.split(":")[0] == user.name for ln in _read(dep, "etc/passwd").splitlines())
     try:
+        # useradd and usermod --root chroot into the deployment before they touch a file.
         if not exists:
             cmd = ["useradd", "--root", str(deployment), "--no-create-home", "--shell", "/bin/bash"]
             if user.groups:
                 cmd += ["--groups", ",".join(user.groups)]
             run([*cmd, user.name])
         elif user.groups:
-            run(
-                [
-                    "usermod",
-                    "--root",
-                    str(deployment),
-                    "--append",
-                    "--groups",
-                    ",".join(user.groups),
-                    user.name,
-                ]
-            )
+            run(["usermod", "--root", str(deployment), "--append", "--groups", ",".join(user.groups),
+                 user.name])  # fmt: skip
         if user.password:
-            run(["usermod", "--root", str(deployment), "--password", user.password, user.name])
+            _set_password(deployment, user)
     except RunError as e:
         raise ConfigError(f"cannot set up user {user.name}: {e}") from e
-    uid, gid, home_path = _passwd_entry(deployment, user.name)
-    home = _state_path(sysroot, home_path)
-    if not home.exists():
+    uid, gid, home_path = _passwd_entry(dep, user.name)
+    home = _state_rel(home_path)
+    if var.kind(home) is None:
         # A fresh home gets what the image would give it: /etc/skel, or root's factory copy.
-        skel = deployment / ("usr/share/factory/roothome" if user.name == "root" else "etc/skel")
-        if skel.is_dir():
-            shutil.copytree(skel, home, symlinks=True)
+        skel = confined.resolve(dep, "usr/share/factory/roothome" if user.name == "root" else "etc/skel")
+        var.makedirs(str(Path(home).parent))
+        if skel is not None and dep.kind(skel) is confined.Kind.DIR:
+            var.copy_tree(dep, skel, home)
         else:
-            home.mkdir(parents=True)
-        for p in [home, *home.rglob("*")]:
-            os.lchown(p, uid, gid)
-        home.chmod(0o700)
+            var.mkdir(home, 0o700)
+        confined.chown_tree(var, home, uid, gid)
+        var.chmod(home, 0o700)
     if user.key:
-        ssh = home / ".ssh"
-        ssh.mkdir(mode=0o700, exist_ok=True)
-        keys = ssh / "authorized_keys"
-        keys.write_text(user.key.strip() + "\n")
-        keys.chmod(0o600)
+        ssh = f"{home}/.ssh"
+        if var.mkdir(ssh, 0o700, exist_ok=True):
+            var.chmod(ssh, 0o700)
+        keys = f"{ssh}/authorized_keys"
+        var.write_bytes(keys, (user.key.strip() + "\n").encode(), 0o600)
         for p in (ssh, keys):
-            os.chown(p, uid, gid)
+            var.chown(p, uid, gid)
 
 
 def customize(sysroot: Path, deployment: Path, config: DiskConfig) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import configparser
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,8 +98,21 @@ def _containers(node: Any, where: str) -> Iterator[tuple[str, str]]:
 def _yaml_docs(path: Path) -> list[Any]:
     import yaml
 
+    class NoAliases(yaml.SafeLoader):
+        """YAML without aliases: a few hundred bytes of nested aliases expand to billions of nodes
+        (the "billion laughs"), and no manifest needs them."""
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event: Any = self.peek_event()  # type: ignore[no-untyped-call]
+                raise SourceError(
+                    f"{path}: YAML alias *{event.anchor} at line {event.start_mark.line + 1}; aliases are"
+                    " refused (docs/security.md)"
+                )
+            return super().compose_node(parent, index)
+
     try:
-        return [d for d in yaml.safe_load_all(_text(path)) if d is not None]
+        return [d for d in yaml.load_all(_text(path), Loader=NoAliases) if d is not None]
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
@@ -165,19 +178,28 @@ def from_kustomization(
 
 
 def from_quadlet(path: Path) -> list[Wanted]:
-    section = "Image" if path.suffix == ".image" else "Container"
+    return quadlet(lambda name: _text(path.with_name(name)), path.name, str(path.parent))
+
+
+def quadlet(read: Callable[[str], str], name: str, where: str, seen: tuple[str, ...] = ()) -> list[Wanted]:
+    """The image of the quadlet unit `name` in the directory `where`, whose files `read` returns by
+    name. A `.container` may name a `.image` beside it, which may not name itself again."""
+    shown = f"{where}/{name}"
+    section = "Image" if name.endswith(".image") else "Container"
     cp = configparser.ConfigParser(strict=False, interpolation=None)
     cp.optionxform = str  # type: ignore[assignment,method-assign]
     try:
-        cp.read_string(_text(path))
+        cp.read_string(read(name))
     except configparser.Error as e:
-        raise SourceError(f"{path}: not a quadlet unit ({e.message.splitlines()[0]})") from None
+        raise SourceError(f"{shown}: not a quadlet unit ({e.message.splitlines()[0]})") from None
     image = cp.get(section, "Image", fallback=None)
     if not image:
-        raise SourceError(f"{path}: no Image= in [{section}]")
+        raise SourceError(f"{shown}: no Image= in [{section}]")
     if image.endswith(".image"):  # a .container that uses a .image unit
-        return from_quadlet(path.with_name(image))
-    return [Wanted(qualify(image, f"{path}: Image="), f"{path}: Image=")]
+        if "/" in image or image in (*seen, name):
+            raise SourceError(f"{shown}: Image={image} is not another .image unit beside it")
+        return quadlet(read, image, where, (*seen, name))
+    return [Wanted(qualify(image, f"{shown}: Image="), f"{shown}: Image=")]
 
 
 def _text(path: Path) -> str:

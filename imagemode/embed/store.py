@@ -25,17 +25,17 @@ Two rewrites make the store fit an ostree commit and survive upgrades (docs/embe
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import os
-import shutil
+import re
 import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from imagemode import confined
 from imagemode.embed.sources import Wanted
 from imagemode.errors import ImagemodeError
 from imagemode.oci import storage
@@ -138,54 +138,62 @@ def embed(
     on_image: Callable[[Embedded], None] | None = None,
 ) -> list[Embedded]:
     """Copy every wanted image into the store under `root`, rewrite the store for ostree, and write
-    the list and the storage.conf that makes the store visible."""
-    store = root / STORE
-    fresh = not store.exists()
-    store.mkdir(parents=True, exist_ok=True)
-    done: list[Embedded] = []
-    try:
-        with tempfile.TemporaryDirectory(prefix="imagemode-embed-run-") as runroot:
-            for want in wanted:
-                item = copy_one(want, store, Path(runroot), tls_verify=tls_verify)
-                done.append(item)
-                if on_image:
-                    on_image(item)
-    except BaseException:
-        if fresh:  # a failed first embed leaves the tree as it found it, not an unlisted store
-            _remove_made(store, root)
-        raise
-    normalize(store)
-    old = read_list(root)
-    merged = {e.ref: e for e in old} | {e.ref: e for e in done}
-    write_json(root / LIST, {"images": [asdict(e) for e in merged.values()]})
-    conf = root / STORAGE_CONF
-    conf.parent.mkdir(parents=True, exist_ok=True)
-    conf.write_text(STORAGE_CONF_TEXT)
+    the list and the storage.conf that makes the store visible. `root` is an image's tree: every
+    write into it is confined (imagemode.confined), so a link in it cannot send one elsewhere."""
+    root.mkdir(parents=True, exist_ok=True)  # the root itself is the caller's, not the image's
+    with confined.Tree(root) as tree:
+        try:
+            fresh = tree.kind(str(STORE)) is None
+            tree.makedirs(str(STORE))  # refused when a link is on the way: skopeo would follow it
+        except confined.ConfinedError as e:
+            raise EmbedError(str(e)) from None
+        store = root / STORE
+        done: list[Embedded] = []
+        try:
+            with tempfile.TemporaryDirectory(prefix="imagemode-embed-run-") as runroot:
+                for want in wanted:
+                    item = copy_one(want, store, Path(runroot), tls_verify=tls_verify)
+                    done.append(item)
+                    if on_image:
+                        on_image(item)
+        except BaseException:
+            if fresh:  # a failed first embed leaves the tree as it found it, not an unlisted store
+                _remove_made(tree, str(STORE))
+            raise
+        try:
+            normalize(store)
+            old = read_list(root)
+            merged = {e.ref: e for e in old} | {e.ref: e for e in done}
+            write_json(tree, str(LIST), {"images": [asdict(e) for e in merged.values()]})
+            tree.write_bytes(str(STORAGE_CONF), STORAGE_CONF_TEXT.encode(), create_parents=True)
+        except confined.ConfinedError as e:
+            raise EmbedError(str(e)) from None
     return done
 
 
-def _remove_made(path: Path, root: Path) -> None:
-    """Remove `path` and the parents it left empty, up to (not including) `root`."""
-    shutil.rmtree(path)
-    parent = path.parent
-    while parent != root and not any(parent.iterdir()):
-        parent.rmdir()
+def _remove_made(tree: confined.Tree, rel: str) -> None:
+    """Remove `rel` and the parents it left empty, up to (not including) the tree's root."""
+    tree.remove(rel)
+    parent = Path(rel).parent
+    while str(parent) != "." and not tree.listdir(str(parent)):
+        tree.remove(str(parent))
         parent = parent.parent
 
 
 def read_list(root: Path) -> list[Embedded]:
-    path = root / LIST
-    if not path.exists():
-        return []
-    try:
-        return [Embedded(**e) for e in json.loads(path.read_text())["images"]]
-    except (ValueError, KeyError, TypeError) as e:
-        raise EmbedError(f"{path}: not an embedded-image list: {e}") from None
+    with confined.Tree(root) as tree:
+        path = confined.resolve(tree, str(LIST))
+        if path is None or tree.kind(path) is not confined.Kind.FILE:
+            return []
+        try:
+            data = json.loads(tree.read_bytes(path))
+            return [Embedded(**e) for e in data["images"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise EmbedError(f"/{LIST}: not an embedded-image list: {e}") from None
 
 
-def write_json(path: Path, data: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+def write_json(tree: confined.Tree, rel: str, data: object) -> None:
+    tree.write_bytes(rel, (json.dumps(data, indent=2) + "\n").encode(), create_parents=True)
 
 
 # --- the store rewrite --------------------------------------------------------------------------
@@ -199,129 +207,131 @@ def _is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def _overlay_xattrs(path: str) -> list[str]:
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return []
-    return [n for n in names if n.encode().startswith(OVERLAY_XATTRS)]
-
-
-def has_markers(diff: Path) -> bool:
+def has_markers(diff: confined.Tree, rel: str = "") -> bool:
     """Whether a layer's diff holds a whiteout device or an opaque-directory xattr."""
-    for dirpath, dirnames, filenames in os.walk(diff):
-        if _overlay_xattrs(dirpath):
+    if any(n.encode().startswith(OVERLAY_XATTRS) for n, _ in diff.xattrs(rel)):
+        return True
+    for name in diff.listdir(rel):
+        sub = f"{rel}/{name}" if rel else name
+        st = diff.lstat(sub)
+        if st is not None and (_is_whiteout(st) or (stat.S_ISDIR(st.st_mode) and has_markers(diff, sub))):
             return True
-        for name in filenames + dirnames:
-            st = os.lstat(os.path.join(dirpath, name))
-            if _is_whiteout(st):
-                return True
     return False
 
 
-def _opaque(path: str) -> bool:
-    names = [n for n in _overlay_xattrs(path) if n.endswith("overlay.opaque")]
-    return any(os.getxattr(path, n, follow_symlinks=False) == b"y" for n in names)
+def _opaque(diff: confined.Tree, rel: str) -> bool:
+    return any(n.endswith("overlay.opaque") and v == b"y" for n, v in diff.xattrs(rel))
 
 
-def _copy_meta(src: str, dst: str, st: os.stat_result) -> None:
-    os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+def _copy_meta(src: confined.Tree, dst: confined.Tree, rel: str, st: os.stat_result) -> None:
+    dst.chown(rel, st.st_uid, st.st_gid)
     if not stat.S_ISLNK(st.st_mode):
-        os.chmod(dst, stat.S_IMODE(st.st_mode))
-        for name in os.listxattr(src, follow_symlinks=False):
+        dst.chmod(rel, stat.S_IMODE(st.st_mode))
+        for name, value in src.xattrs(rel):
             if not name.encode().startswith(OVERLAY_XATTRS):
-                os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=False), follow_symlinks=False)
-    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+                dst.setxattr(rel, name, value)
+    dst.utime(rel, (st.st_atime_ns, st.st_mtime_ns))
 
 
-def _apply(diff: Path, tree: Path) -> None:
-    """Lay one overlay diff over `tree` the way the kernel's overlay would show it."""
-    dir_meta: list[tuple[str, str, os.stat_result]] = []
-    for dirpath, dirnames, filenames in os.walk(diff):
-        rel = os.path.relpath(dirpath, diff)
-        out_dir = os.path.normpath(os.path.join(tree, rel))
-        st = os.lstat(dirpath)
-        if rel != "." and os.path.lexists(out_dir) and not os.path.isdir(out_dir):
-            os.unlink(out_dir)
-        if _opaque(dirpath) and os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)
-        os.makedirs(out_dir, exist_ok=True)
-        dir_meta.append((dirpath, out_dir, st))
-        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-            src = os.path.join(dirpath, name)
-            dst = os.path.join(out_dir, name)
-            sst = os.lstat(src)
-            if os.path.isdir(dst) and not os.path.islink(dst):
-                shutil.rmtree(dst)
-            elif os.path.lexists(dst):
-                os.unlink(dst)
-            if _is_whiteout(sst):
-                continue
-            if stat.S_ISREG(sst.st_mode):
-                os.link(src, dst)  # the store is read-only: sharing the inode costs nothing
-            elif stat.S_ISLNK(sst.st_mode):
-                os.symlink(os.readlink(src), dst)
-                _copy_meta(src, dst, sst)
-            # Other devices and fifos cannot be committed to ostree (see store/layers.py).
-        for d in list(dirnames):
-            if os.path.islink(os.path.join(dirpath, d)):
-                dirnames.remove(d)
-            else:
-                sub = os.path.join(out_dir, d)
-                if os.path.lexists(sub) and not os.path.isdir(sub):
-                    os.unlink(sub)
-    for src, dst, st in reversed(dir_meta):
-        _copy_meta(src, dst, st)
+def _apply(diff: confined.Tree, tree: confined.Tree, rel: str = "") -> None:
+    """Lay one overlay diff over `tree` the way the kernel's overlay would show it. Both sides are
+    walked without following a link: a lower layer's symlink where this layer has a directory is
+    replaced by the directory, as overlayfs shows it, never written through."""
+    here = diff.lstat(rel)
+    assert here is not None
+    if rel:
+        kind = tree.kind(rel)
+        opaque = _opaque(diff, rel)
+        if kind is not None and (kind is not confined.Kind.DIR or opaque):
+            tree.remove(rel)
+        tree.mkdir(rel, exist_ok=True)
+    for name in diff.listdir(rel):
+        sub = f"{rel}/{name}" if rel else name
+        sst = diff.lstat(sub)
+        if sst is None:
+            continue
+        if stat.S_ISDIR(sst.st_mode):
+            _apply(diff, tree, sub)
+            continue
+        tree.remove(sub)
+        if _is_whiteout(sst):
+            continue
+        if stat.S_ISREG(sst.st_mode):
+            tree.link_from(diff, sub, sub)  # the store is read-only: sharing the inode costs nothing
+        elif stat.S_ISLNK(sst.st_mode):
+            tree.symlink(sub, diff.readlink(sub))
+            _copy_meta(diff, tree, sub, sst)
+        # Other devices and fifos cannot be committed to ostree (see store/layers.py).
+    _copy_meta(diff, tree, rel, here)
 
 
 def _chain(layers: dict[str, dict[str, object]], layer_id: str) -> list[str]:
     """The layer and its parents, the base first."""
-    out = []
+    out: list[str] = []
     cur: str | None = layer_id
     while cur:
+        if cur in out:
+            raise EmbedError(f"layer {layer_id}: its parents form a loop")
         out.append(cur)
         parent = layers[cur].get("parent")
         cur = str(parent) if parent else None
     return out[::-1]
 
 
+LAYER_ID = re.compile(r"[0-9a-f]{64}\Z")
+
+
+def _layers(store: Path) -> tuple[list[dict[str, object]], dict[str, dict[str, object]]]:
+    """The store's layer records, checked: a store carried from an image is that image's content."""
+    path = store / "overlay-layers/layers.json"
+    try:
+        records = json.loads(path.read_text())
+        if not isinstance(records, list) or not all(
+            isinstance(r, dict) and LAYER_ID.match(str(r.get("id", ""))) for r in records
+        ):
+            raise ValueError("a layer record without a layer ID")
+        layers = {str(r["id"]): r for r in records}
+        for r in records:
+            if r.get("parent") is not None and str(r["parent"]) not in layers:
+                raise ValueError(f"layer {r['id']} has an unknown parent")
+    except (OSError, ValueError) as e:
+        raise EmbedError(f"{path}: not a layer list: {e}") from None
+    return records, layers
+
+
 def normalize(store: Path) -> None:
-    layers_json = store / "overlay-layers/layers.json"
-    records: list[dict[str, object]] = json.loads(layers_json.read_text())
-    layers = {str(r["id"]): r for r in records}
-    overlay = store / "overlay"
-    # Parents before children, so that a flattened parent is already a base when its child is read.
-    for layer_id in sorted(layers, key=lambda i: len(_chain(layers, i))):
-        diff = overlay / layer_id / "diff"
-        if not has_markers(diff):
-            continue
-        flat = overlay / layer_id / "diff.flat"
-        if flat.exists():
-            shutil.rmtree(flat)
-        flat.mkdir()
-        for lid in _chain(layers, layer_id):
-            _apply(overlay / lid / "diff", flat)
-        shutil.rmtree(diff)
-        flat.rename(diff)
-        layers[layer_id].pop("parent", None)
-        (overlay / layer_id / "empty").mkdir(exist_ok=True)
-    _relink(overlay, layers)
-    layers_json.write_text(json.dumps(records))
+    records, layers = _layers(store)
+    with confined.Tree(store / "overlay") as overlay:
+        # Parents before children, so that a flattened parent is already a base when its child is read.
+        for layer_id in sorted(layers, key=lambda i: len(_chain(layers, i))):
+            with confined.Tree(store / "overlay" / layer_id / "diff") as diff:
+                if not has_markers(diff):
+                    continue
+            flat = f"{layer_id}/diff.flat"
+            overlay.remove(flat)
+            overlay.mkdir(flat)
+            with confined.Tree(store / "overlay" / flat) as out:
+                for lid in _chain(layers, layer_id):
+                    with confined.Tree(store / "overlay" / lid / "diff") as src:
+                        _apply(src, out)
+            overlay.remove(f"{layer_id}/diff")
+            os.rename(flat, f"{layer_id}/diff", src_dir_fd=overlay.fd, dst_dir_fd=overlay.fd)
+            layers[layer_id].pop("parent", None)
+            overlay.mkdir(f"{layer_id}/empty", exist_ok=True)
+        _relink(overlay, layers)
+    (store / "overlay-layers/layers.json").write_text(json.dumps(records))
 
 
-def _relink(overlay: Path, layers: dict[str, dict[str, object]]) -> None:
-    links = overlay / "l"
-    for entry in links.iterdir():
-        entry.unlink()
+def _relink(overlay: confined.Tree, layers: dict[str, dict[str, object]]) -> None:
+    for entry in overlay.listdir("l"):
+        overlay.remove(f"l/{entry}")
     for layer_id in layers:
         name = link_name(layer_id)
-        (links / name).symlink_to(f"../{layer_id}/diff")
-        (overlay / layer_id / "link").write_text(name)
+        overlay.symlink(f"l/{name}", f"../{layer_id}/diff")
+        overlay.write_bytes(f"{layer_id}/link", name.encode())
     for layer_id in layers:
-        lower = overlay / layer_id / "lower"
         parents = _chain(layers, layer_id)[:-1][::-1]
         if parents:
-            lower.write_text(":".join(f"l/{link_name(p)}" for p in parents))
+            overlay.write_bytes(f"{layer_id}/lower", ":".join(f"l/{link_name(p)}" for p in parents).encode())
         else:
-            with contextlib.suppress(FileNotFoundError):
-                lower.unlink()
+            overlay.remove(f"{layer_id}/lower")

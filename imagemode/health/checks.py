@@ -101,7 +101,7 @@ def run_script(check: Check, timeout: float, env: dict[str, str] | None = None) 
         return Result(check.name, check.kind, str(check.path), _bad(check.kind),
                       f"not executable (mode {mode:04o})", 0.0)  # fmt: skip
     env = {"IMAGEMODE_CHECK": check.kind, **(env or {})}
-    r = run_confined([check.path], timeout=timeout, env=env, keep=OUTPUT_KEEP)
+    r = run_confined([check.path], timeout=timeout, env=env, keep=OUTPUT_KEEP, scope=True)
     output = clean_output(r.output)
     if r.returncode == 0:
         return Result(check.name, check.kind, str(check.path), PASSED, "", round(r.seconds, 2), output)

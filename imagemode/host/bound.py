@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from imagemode import confined
 from imagemode.boot import replace
 from imagemode.embed import sources
 from imagemode.errors import ImagemodeError
@@ -24,7 +24,7 @@ from imagemode.host import sysroot as sr
 from imagemode.oci import storage
 from imagemode.run import RunError, run, which
 from imagemode.store import fetch
-from imagemode.store.ostree import Repo
+from imagemode.store.ostree import CommitReader, Repo
 
 BOUND_D = "usr/lib/bootc/bound-images.d"
 RECORD = Path("/var/lib/imagemode/bound-images.json")
@@ -34,39 +34,41 @@ class BoundImageError(ImagemodeError):
     pass
 
 
-def in_tree(root: Path) -> list[sources.Wanted]:
-    """The bound images of a checked-out tree (a deployment, or a commit's relevant paths)."""
-    d = root / BOUND_D
-    if not d.is_dir():
+def in_tree(tree: confined.Reader) -> list[sources.Wanted]:
+    """The bound images of a tree: a deployment, an image's root, or a commit read in place. Links
+    are followed inside the tree only."""
+    d = confined.resolve(tree, BOUND_D)
+    if d is None or tree.kind(d) is not confined.Kind.DIR:
         return []
     found: list[sources.Wanted] = []
-    for link in sorted(d.iterdir()):
-        if link.suffix not in (".image", ".container"):
+    for name in tree.listdir(d):
+        if not name.endswith((".image", ".container")):
             continue
-        target = os.readlink(link) if link.is_symlink() else link.name
-        path = root / target.lstrip("/") if target.startswith("/") else d / target
-        if not path.is_file():
-            raise BoundImageError(f"/{BOUND_D}/{link.name}: points to {target}, which the image lacks")
-        # Named by the link, as the image has it: the checkout's temporary path means nothing.
-        found += [sources.Wanted(w.ref, f"/{BOUND_D}/{link.name}") for w in sources.from_quadlet(path)]
+        shown = f"/{BOUND_D}/{name}"
+        path = confined.resolve(tree, f"{d}/{name}")
+        if path is None or tree.kind(path) is not confined.Kind.FILE:
+            target = tree.readlink(f"{d}/{name}") if tree.kind(f"{d}/{name}") is confined.Kind.LINK else name
+            raise BoundImageError(f"{shown}: points to {target}, which the image lacks")
+        unit_dir, _, unit = path.rpartition("/")
+
+        def read(n: str, unit_dir: str = unit_dir) -> str:
+            text = confined.read_text(tree, f"{unit_dir}/{n}")
+            if text is None:
+                raise sources.SourceError(f"/{unit_dir}/{n}: no such file in the image")
+            return text
+
+        try:
+            wanted = sources.quadlet(read, unit, f"/{unit_dir}")
+        except sources.SourceError as e:
+            raise BoundImageError(f"{shown}: {e}") from None
+        # Named by the link, as the image has it.
+        found += [sources.Wanted(w.ref, shown) for w in wanted]
     return found
 
 
-def in_commit(repo: Repo, commit: str, work: Path) -> list[sources.Wanted]:
-    """The bound images of an imported commit, read from the few paths they live in."""
-    root = work / "bound-root"
-    (root / BOUND_D).parent.mkdir(parents=True, exist_ok=True)  # ostree makes the last level only
-    if not repo.checkout_subpath(commit, BOUND_D, root / BOUND_D):
-        return []
-    for link in (root / BOUND_D).iterdir():
-        if link.is_symlink():
-            target = os.readlink(link)
-            parent = Path(target).parent if target.startswith("/") else Path(BOUND_D, target).parent
-            rel = os.path.normpath(str(parent).lstrip("/"))
-            if not (root / rel).is_dir():
-                (root / rel).parent.mkdir(parents=True, exist_ok=True)
-                repo.checkout_subpath(commit, rel, root / rel)
-    return in_tree(root)
+def in_commit(repo: Repo, commit: str) -> list[sources.Wanted]:
+    """The bound images of an imported commit, read from it in place: nothing is checked out."""
+    return in_tree(CommitReader(repo, commit))
 
 
 def _record() -> list[str]:
@@ -103,14 +105,19 @@ def pull(wanted: list[sources.Wanted], say: Any = lambda s: None) -> list[str]:
     return pulled
 
 
+def _deployment(sysroot: Any, dep: Any) -> confined.Tree:
+    return confined.Tree(sr.deployment_dir(sysroot, dep))
+
+
 def gc(sysroot: Any) -> list[str]:
     """Remove the bound images imagemode pulled that no deployment names any more."""
     recorded = _record()
     if not recorded:
         return []
-    named = {
-        str(w.ref) for dep in sysroot.get_deployments() for w in in_tree(sr.deployment_dir(sysroot, dep))
-    }
+    named: set[str] = set()
+    for dep in sysroot.get_deployments():
+        with _deployment(sysroot, dep) as tree:
+            named |= {str(w.ref) for w in in_tree(tree)}
     removed = [r for r in recorded if r not in named]
     for ref in removed:
         # An image a container still uses stays in storage (podman refuses); the record forgets it.

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from imagemode.boot import cmdline
 from imagemode.errors import ImagemodeError
 from imagemode.host import origin as origins
 from imagemode.host.status import Deployment
@@ -87,7 +88,7 @@ def deployment_dir(sysroot: Any, dep: Any) -> Path:
 def kargs_of(dep: Any) -> list[str]:
     bootconfig = dep.get_bootconfig()
     options = bootconfig.get("options") if bootconfig is not None else None
-    return options.split() if options else []
+    return cmdline.split(options) if options else []
 
 
 def same(a: Any, b: Any) -> bool:

@@ -148,9 +148,9 @@ def check_etc(sysroot: Any, repo: Repo, booted: Any, commit: str, work: Path) ->
         )
 
 
-def new_kargs(sysroot: Any, repo: Repo, merge: Any, commit: str, work: Path) -> list[str]:
-    old_image = kargs.image_kargs(sr.deployment_dir(sysroot, merge) / kargs.KARGS_D)
-    return kargs.replace_image_kargs(sr.kargs_of(merge), old_image, kargs.commit_kargs(repo, commit, work))
+def new_kargs(sysroot: Any, repo: Repo, merge: Any, commit: str) -> list[str]:
+    old_image = kargs.commit_kargs(repo, merge.get_csum())
+    return kargs.replace_image_kargs(sr.kargs_of(merge), old_image, kargs.commit_kargs(repo, commit))
 
 
 def stage(
@@ -246,9 +246,9 @@ def update(
                 repo, target, work, remote=remote, authfile=authfile, on_bytes=on_bytes, check_bootable=True
             )
             check_etc(sysroot, repo, booted, imp.commit, work)
-            bound.pull(bound.in_commit(repo, imp.commit, work), say)
+            bound.pull(bound.in_commit(repo, imp.commit), say)
             merge = sysroot.get_merge_deployment(origin.STATEROOT)
-            args = new_kargs(sysroot, repo, merge, imp.commit, work)
+            args = new_kargs(sysroot, repo, merge, imp.commit)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         prune.drop_extra_deployments(sysroot)

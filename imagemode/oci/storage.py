@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from imagemode.errors import ImagemodeError
+from imagemode.oci import auth
 from imagemode.oci.reference import ImageRef, Transport
 from imagemode.run import RunError, run
 
@@ -34,7 +35,7 @@ def copy(
     src_tls_verify: bool = True,
     dest_tls_verify: bool = True,
     src_authfile: Path | None = None,
-    dest_creds: str | None = None,  # USER:PASSWORD
+    dest_creds: tuple[str, str] | None = None,  # (user, password): written to a 0600 auth file
     digest_file: Path | None = None,  # where skopeo writes the manifest digest it stored
     watchdog: Callable[[], str | None] | None = None,
 ) -> None:
@@ -49,11 +50,15 @@ def copy(
         cmd.append("--dest-tls-verify=false")
     if src_authfile is not None:
         cmd.append(f"--src-authfile={src_authfile}")
-    if dest_creds is not None:
-        cmd.append(f"--dest-creds={dest_creds}")
     if digest_file is not None:
         cmd.append(f"--digestfile={digest_file}")
-    run([*cmd, s, d], watchdog=watchdog)
+    if dest_creds is None:
+        run([*cmd, s, d], watchdog=watchdog)
+        return
+    # Credentials never go on a command line, where -v, an error and /proc/PID/cmdline show them.
+    registry = d.removeprefix("docker://").split("/", 1)[0]
+    with auth.temporary(registry, *dest_creds) as authfile:
+        run([*cmd, f"--dest-authfile={authfile}", s, d], watchdog=watchdog)
 
 
 def inspect_raw(

@@ -187,6 +187,23 @@ class Tree:
         return str(csum)
 
 
+def tmpfiles_field(path: str) -> str:
+    """A path as one field of a tmpfiles.d line, as systemd-tmpfiles reads it back: white space,
+    quotes and backslashes C-escaped, `%` doubled (specifiers are expanded after unescaping). A
+    control character cannot be written safely, and the image is refused."""
+    if any(ord(c) < 0x20 or c == "\x7f" for c in path):
+        raise ComposeError(f"{path!r}: a name with a control character in /var; refusing the image")
+    out = []
+    for c in path:
+        if c.isspace() or c in "\\\"'":
+            out.append("".join(f"\\x{b:02x}" for b in c.encode()))
+        elif c == "%":
+            out.append("%%")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
 def factory_tmpfiles(tree: Tree, factory: Any, covered: Mapping[str, str]) -> list[str]:
     """tmpfiles.d lines that copy the image's /var into place, two levels deep (var/lib/foo): a device
     gets each entry it lacks at every boot, so a service added by an update finds its state
@@ -199,10 +216,12 @@ def factory_tmpfiles(tree: Tree, factory: Any, covered: Mapping[str, str]) -> li
         children = sorted([*sub.get_files(), *sub.get_subdirs()]) if sub is not None else []
         for rel in [f"{first}/{c}" for c in children] or [first]:
             if f"/var/{rel}" not in covered:
-                lines.append(f"C /var/{rel} - - - - /{FACTORY_VAR}/{rel}")
+                lines.append(
+                    f"C {tmpfiles_field(f'/var/{rel}')} - - - - {tmpfiles_field(f'/{FACTORY_VAR}/{rel}')}"
+                )
         if children and f"/var/{first}" not in covered:
             mode, uid, gid = tree.mode(sub)
-            lines.append(f"d /var/{first} {mode & 0o7777:04o} {uid} {gid} -")
+            lines.append(f"d {tmpfiles_field(f'/var/{first}')} {mode & 0o7777:04o} {uid} {gid} -")
     return sorted(set(lines), key=lambda ln: (ln[0] != "d", ln))
 
 

@@ -9,10 +9,9 @@ never reads a layer whose commit it has. So an update that changes one layer dow
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import platform
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,14 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from imagemode.errors import ImagemodeError
+from imagemode.oci import manifest as oci_manifest
 from imagemode.oci import storage
 from imagemode.oci.reference import ImageRef, Transport
 from imagemode.run import RunError, disk_watchdog
 
 # (bytes so far, bytes in all, seconds since the start), about once a second.
 OnBytes = Callable[[int, int, float], None]
-
-GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x"}
 
 # What skopeo prints, and what it means to someone at a device.
 _CAUSES = (
@@ -67,7 +65,8 @@ def explain(ref: ImageRef, e: RunError) -> FetchError:
 
 @dataclass(frozen=True)
 class Remote:
-    """An image as its source describes it, read without a layer: manifest digest, manifest, config."""
+    """An image as its source describes it, read without a layer: manifest digest, manifest, config.
+    Both were checked whole (imagemode.oci.manifest) before this object was made."""
 
     ref: ImageRef
     source: ImageRef  # what to copy: the platform's manifest by digest when `ref` names a list
@@ -88,9 +87,7 @@ class Remote:
 
     @property
     def version(self) -> str | None:
-        labels = self.config.get("config", {}).get("Labels") or {}
-        v: str | None = labels.get("org.opencontainers.image.version")
-        return v
+        return oci_manifest.labels(self.config).get("org.opencontainers.image.version")
 
 
 def _sha256(text: str) -> str:
@@ -98,35 +95,34 @@ def _sha256(text: str) -> str:
 
 
 def inspect(ref: ImageRef, authfile: Path | None = None, tls_verify: bool = True) -> Remote:
-    """The manifest and config of `ref`. A manifest list resolves to this machine's platform.
+    """The manifest and config of `ref`, each checked before any field is used. A manifest list
+    resolves to this machine's platform.
 
     A device says which registries speak plain HTTP in registries.conf; `tls_verify=False` is for
     callers that cannot write it (tests on a build host)."""
+    where = ref.skopeo
     try:
         raw = storage.inspect_raw(ref, authfile=authfile, tls_verify=tls_verify)
-        manifest: dict[str, Any] = json.loads(raw)
         source = ref
-        if "manifests" in manifest:
-            arch = GOARCH.get(platform.machine(), platform.machine())
-            found = [
-                m for m in manifest["manifests"]
-                if m.get("platform", {}).get("architecture") == arch
-                and m.get("platform", {}).get("os", "linux") == "linux"
-            ]  # fmt: skip
-            if not found or ref.transport is not Transport.REGISTRY:
-                raise FetchError(f"{ref.skopeo}: a manifest list without a linux/{arch} image")
-            source = ImageRef(ref.transport, name=ref.name, digest=found[0]["digest"])
+        if oci_manifest.is_index(oci_manifest.load(raw, f"{where}: manifest")):
+            found = oci_manifest.for_platform(oci_manifest.index(raw, f"{where}: manifest list"))
+            if found is None or ref.transport is not Transport.REGISTRY:
+                raise FetchError(
+                    f"{where}: a manifest list without a linux/{oci_manifest.machine_arch()} image"
+                )
+            source = ImageRef(ref.transport, name=ref.name, digest=found)
             raw = storage.inspect_raw(source, authfile=authfile, tls_verify=tls_verify)
-            manifest = json.loads(raw)
-        if "layers" not in manifest:
-            raise FetchError(f"{ref.skopeo}: not an image manifest ({manifest.get('mediaType', 'no type')})")
-        config: dict[str, Any] = json.loads(
-            storage.inspect_raw(source, config=True, authfile=authfile, tls_verify=tls_verify)
-        )
+            if _sha256(raw) != found:
+                raise FetchError(f"{where}: the registry sent a manifest that is not {found}")
+        manifest = oci_manifest.manifest(raw, f"{where}: manifest")
+        cfg_raw = storage.inspect_raw(source, config=True, authfile=authfile, tls_verify=tls_verify)
+        if _sha256(cfg_raw) != manifest["config"]["digest"]:
+            raise FetchError(f"{where}: the config sent is not {manifest['config']['digest']}")
+        config = oci_manifest.config(cfg_raw, len(manifest["layers"]), f"{where}: config")
     except RunError as e:
         raise explain(ref, e) from None
-    except json.JSONDecodeError as e:
-        raise FetchError(f"{ref.skopeo}: the manifest or config is not JSON ({e})") from None
+    except oci_manifest.ManifestError as e:
+        raise FetchError(str(e)) from None
     return Remote(ref, source, _sha256(raw), manifest, config, tls_verify)
 
 
@@ -154,29 +150,63 @@ class Fetched:
     bytes_fetched: int
 
 
+class NoSpaceError(FetchError):
+    pass
+
+
+# Unpacked, a layer takes about this many times its compressed size in the store (OS layers: 2.5 to 3),
+# and the compressed blob is held beside it until it is committed.
+UNPACK_FACTOR = 3
+
+
+def _free(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def preflight(need_download: int, work: Path, store: Path | None) -> None:
+    """Refuse, before any byte is downloaded, an update that cannot fit: the blobs go to `work`, and
+    what they unpack to goes to `store` (often the same filesystem)."""
+    need = need_download * UNPACK_FACTOR
+    free = (
+        _free(work)
+        if store is None or os.stat(work).st_dev == os.stat(store).st_dev
+        else min(_free(work), _free(store))
+    )
+    if need > free:
+        raise NoSpaceError(
+            f"the update needs about {_mb(need)} ({_mb(need_download)} to download, unpacked"
+            f" {UNPACK_FACTOR}x) and {work} has {_mb(free)} free; nothing was downloaded"
+        )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
 def fetch(
     remote: Remote,
     have_layer: Callable[[str], bool],
     work: Path,
     authfile: Path | None = None,
     on_bytes: OnBytes | None = None,
+    store: Path | None = None,
 ) -> Fetched:
-    """Copy `remote` into a new OCI layout under `work`, skipping the layers `have_layer` names."""
+    """Copy `remote` into a new OCI layout under `work`, skipping the layers `have_layer` names.
+    `store`: the repository the layers go to, whose free space counts in the preflight."""
+    descs = remote.manifest["layers"]
+    missing = [(d, i) for d, i in zip(descs, remote.diff_ids, strict=True) if not have_layer(i)]
+    total = sum(int(d["size"]) for d, _ in missing)
+    preflight(total, work, store)
     layout = Path(tempfile.mkdtemp(prefix="oci-", dir=work))
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     (layout / "index.json").write_text('{"schemaVersion": 2, "manifests": []}')
-    missing = 0
-    total = 0
-    descs = remote.manifest["layers"]
     for desc, diff_id in zip(descs, remote.diff_ids, strict=True):
         if have_layer(diff_id):
             blob = _blob_path(layout, desc["digest"])
             blob.parent.mkdir(parents=True, exist_ok=True)
             with open(blob, "wb") as f:
                 f.truncate(int(desc["size"]))
-        else:
-            missing += 1
-            total += int(desc["size"])
     full = disk_watchdog(work)
     t0 = time.monotonic()
 
@@ -195,7 +225,8 @@ def fetch(
             watchdog=watch,
         )
     except RunError as e:
+        shutil.rmtree(layout, ignore_errors=True)
         raise explain(remote.ref, e) from None
     if on_bytes is not None:
         on_bytes(total, total, time.monotonic() - t0)
-    return Fetched(layout, missing, total + int(remote.manifest["config"]["size"]))
+    return Fetched(layout, len(missing), total + int(remote.manifest["config"]["size"]))

@@ -12,15 +12,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from imagemode.errors import ImagemodeError
+from imagemode.oci import manifest as oci_manifest
 from imagemode.oci.reference import ImageRef
 from imagemode.store import compose, fetch, layers
 from imagemode.store.ostree import Repo
@@ -35,7 +36,7 @@ META_DIGEST = "imagemode.manifest-digest"
 META_MANIFEST = "imagemode.manifest"
 META_CONFIG = "imagemode.config"
 META_VERSION = "version"  # ostree's own key: `ostree admin status` prints it
-META_WHITEOUTS = "imagemode.whiteouts"
+META_WHITEOUTS = layers.META_WHITEOUTS
 
 
 class ImportError_(ImagemodeError):
@@ -52,13 +53,11 @@ class OciImage:
     config: dict[str, Any]
 
     def blob(self, digest: str) -> Path:
-        algo, hexd = digest.split(":", 1)
-        return self.layout / "blobs" / algo / hexd
+        return self.layout / "blobs/sha256" / oci_manifest.digest(digest, "blob")[len("sha256:") :]
 
     @property
     def labels(self) -> dict[str, str]:
-        labels: dict[str, str] = self.config.get("config", {}).get("Labels") or {}
-        return labels
+        return oci_manifest.labels(self.config)
 
     @property
     def diff_ids(self) -> list[str]:
@@ -67,22 +66,38 @@ class OciImage:
 
 
 def read_layout(path: Path, tag: str | None = None) -> OciImage:
-    """The image tagged `tag` in an OCI layout (or its only image)."""
-    index = json.loads((path / "index.json").read_text())
-    manifests = index["manifests"]
-    if tag is not None:
-        manifests = [m for m in manifests if m.get("annotations", {}).get(REF_NAME) == tag]
-    if len(manifests) != 1:
-        raise ImportError_(
-            f"{path}: expected one image{f' tagged {tag}' if tag else ''}, found {len(manifests)}"
-        )
-    desc = manifests[0]
-    mpath = path / "blobs" / desc["digest"].replace(":", "/", 1)
-    manifest = json.loads(mpath.read_text())
-    if "layers" not in manifest:
-        raise ImportError_("the image is a manifest list; copy one platform's image")
-    cfg = json.loads((path / "blobs" / manifest["config"]["digest"].replace(":", "/", 1)).read_text())
-    return OciImage(path, desc["digest"], manifest, cfg)
+    """The image tagged `tag` in an OCI layout (or its only image), its manifest and config checked."""
+    try:
+        entries = oci_manifest.index((path / "index.json").read_bytes(), f"{path}/index.json")
+        if tag is not None:
+            entries = [m for m in entries if (m.get("annotations") or {}).get(REF_NAME) == tag]
+        if len(entries) != 1:
+            raise ImportError_(
+                f"{path}: expected one image{f' tagged {tag}' if tag else ''}, found {len(entries)}"
+            )
+        digest = entries[0]["digest"]
+        img = OciImage(path, digest, {}, {})
+        raw = _read_blob(img.blob(digest), digest)
+        if oci_manifest.is_index(oci_manifest.load(raw, "manifest")):
+            raise ImportError_("the image is a manifest list; copy one platform's image")
+        manifest = oci_manifest.manifest(raw)
+        cfg_digest = manifest["config"]["digest"]
+        cfg = oci_manifest.config(_read_blob(img.blob(cfg_digest), cfg_digest), len(manifest["layers"]))
+    except oci_manifest.ManifestError as e:
+        raise ImportError_(str(e)) from None
+    return OciImage(path, digest, manifest, cfg)
+
+
+def _read_blob(path: Path, digest: str) -> bytes:
+    """A small blob (a manifest or config), checked against its digest before it is parsed."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(oci_manifest.MAX_JSON + 1)
+    except OSError as e:
+        raise ImportError_(f"blob {digest} is missing from the layout ({e.strerror})") from None
+    if len(data) > oci_manifest.MAX_JSON or "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+        raise ImportError_(f"blob {digest} does not match its digest")
+    return data
 
 
 def ref_for(image: ImageRef | str) -> str:
@@ -111,7 +126,7 @@ class ImportResult:
 
 
 def layer_ref(diff_id: str) -> str:
-    return LAYER_REF + diff_id.replace(":", "/")
+    return LAYER_REF + oci_manifest.digest(diff_id, "diff_id").replace(":", "/")
 
 
 def _layer_commit(repo: Repo, img: OciImage, desc: dict[str, Any], diff_id: str, work: Path) -> bool:
@@ -119,21 +134,8 @@ def _layer_commit(repo: Repo, img: OciImage, desc: dict[str, Any], diff_id: str,
     ref = layer_ref(diff_id)
     if repo.resolve(ref):
         return False
-    tree = _tempdir(work, "layer-")
-    try:
-        wh = layers.extract(img.blob(desc["digest"]), tree)
-        meta = {META_WHITEOUTS: json.dumps({"deleted": wh.deleted, "opaque": wh.opaque})}
-        repo.commit(tree, ref, subject=f"layer {diff_id}", metadata=meta, timestamp=0)
-    finally:
-        shutil.rmtree(tree, ignore_errors=True)
+    layers.commit_layer(repo, img.blob(desc["digest"]), ref, digest=desc["digest"], diff_id=diff_id)
     return True
-
-
-def _tempdir(work: Path, prefix: str) -> Path:
-    # mkdtemp makes 0700 directories; this one becomes the root of a commit, which is 0755.
-    d = Path(tempfile.mkdtemp(prefix=prefix, dir=work))
-    d.chmod(0o755)
-    return d
 
 
 def import_oci(
@@ -151,8 +153,6 @@ def import_oci(
     check; `imagemode build` and `disk` run the whole lint on the image itself).
     """
     descs = img.manifest["layers"]
-    if len(descs) != len(img.diff_ids):
-        raise ImportError_("the image config's diff_ids do not match its manifest's layers")
     imported = 0
     for i, (desc, diff_id) in enumerate(zip(descs, img.diff_ids, strict=True)):
         new = _layer_commit(repo, img, desc, diff_id, work)
@@ -171,8 +171,8 @@ def import_oci(
     ref = ref_for(image)
     with compose.transaction(repo) as tree:
         for diff_id in img.diff_ids:
-            wh = json.loads(repo.metadata(layer_ref(diff_id), META_WHITEOUTS) or "{}")
-            tree.add_layer(layer_ref(diff_id), layers.Whiteouts(wh.get("deleted", []), wh.get("opaque", [])))
+            wh = layers.Whiteouts.from_json(repo.metadata(layer_ref(diff_id), META_WHITEOUTS))
+            tree.add_layer(layer_ref(diff_id), wh)
         if check_bootable:
             kernels = tree.kernels()
             if len(kernels) != 1:
@@ -226,7 +226,7 @@ def import_image(
     if all(have(d) for d in remote.diff_ids):  # every layer is in the store: nothing to copy
         img = OciImage(Path("/nonexistent"), remote.digest, remote.manifest, remote.config)
         return import_oci(repo, img, src.skopeo, work, on_layer, check_bootable=check_bootable)
-    got = fetch.fetch(remote, have, work, authfile, on_bytes)
+    got = fetch.fetch(remote, have, work, authfile, on_bytes, store=repo.path)
     try:
         img = read_layout(got.layout, "image")
         result = import_oci(repo, img, src.skopeo, work, on_layer, check_bootable=check_bootable)

@@ -1,6 +1,17 @@
-"""One OCI layer tar into a directory, exactly: owners, modes, setuid bits, xattrs, hard links.
+"""One OCI layer tar into one ostree commit, streamed into libostree: no file of the layer is ever
+written to a filesystem, so no entry of it can reach outside the store.
 
-Whiteouts are not written as files. They are returned, and the composition applies them
+Each tar entry becomes an object (a file with its owner, mode, setuid bits and xattrs; a symlink as
+content) and a name in an in-memory tree. A symlink is never followed: a later entry through it is
+a name inside the layer's own tree. A hard link names an earlier entry of the same layer and shares
+its object, as ostree stores hard links anyway.
+
+While the entries are read, the compressed bytes are hashed against the manifest's digest and the
+uncompressed bytes against the config's diff_id, and the expanded size is capped. The commit is
+written only when both digests match, in one repository transaction: a layer that lies, or grows past
+its cap, leaves no object, commit or ref behind.
+
+Whiteouts are not files. They travel in the commit's metadata, and the composition applies them
 (imagemode.store.compose):
 - `.wh.NAME` deletes NAME from the layers below;
 - `.wh..wh..opq` in a directory hides everything the layers below put there.
@@ -11,19 +22,35 @@ module.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
+import lzma
 import os
-import shutil
+import socket
 import stat
 import tarfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any, cast
 
 from imagemode.errors import ImagemodeError
+from imagemode.store.libostree import gi
+from imagemode.store.ostree import Repo
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 XATTR_PREFIX = "SCHILY.xattr."
+META_WHITEOUTS = "imagemode.whiteouts"
+INLINE = 1 << 20  # files up to this size are written from memory in one call, larger ones streamed
+CHUNK = 1 << 20
+# A layer may expand to this many times its compressed size (plus a floor), and never past the free
+# space of the store. OS layers expand 2.5 to 4 times; gzip's own limit is about 1032 times.
+EXPANSION_RATIO = 64
+EXPANSION_FLOOR = 256 << 20
+RESERVE = 64 << 20  # free space left to the device when a layer is unpacked
 
 
 class LayerError(ImagemodeError):
@@ -35,78 +62,251 @@ class Whiteouts:
     deleted: list[str] = field(default_factory=list)  # paths removed from lower layers
     opaque: list[str] = field(default_factory=list)  # directories whose lower content is hidden
 
+    def to_json(self) -> str:
+        return json.dumps({"deleted": self.deleted, "opaque": self.opaque})
 
-def _safe_name(name: str) -> str:
+    @classmethod
+    def from_json(cls, text: str | None) -> Whiteouts:
+        wh = json.loads(text or "{}")
+        return cls(list(wh.get("deleted", [])), list(wh.get("opaque", [])))
+
+
+class _Hashing:
+    """A read-only stream that hashes and counts what is read through it, and stops past a cap."""
+
+    def __init__(self, f: IO[bytes], cap: int | None = None, what: str = "") -> None:
+        self.f = f
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.cap = cap
+        self.what = what
+
+    def read(self, n: int = -1) -> bytes:
+        b = self.f.read(n)
+        self.sha.update(b)
+        self.size += len(b)
+        if self.cap is not None and self.size > self.cap:
+            raise LayerError(f"{self.what} expands past {self.cap} bytes; refused")
+        return b
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.sha.hexdigest()
+
+
+def _decompressed(raw: _Hashing) -> IO[bytes]:
+    head = raw.f.peek(6)[:6] if hasattr(raw.f, "peek") else b""
+    src = cast(IO[bytes], raw)
+    if head.startswith(b"\x1f\x8b"):
+        return cast(IO[bytes], gzip.GzipFile(fileobj=src, mode="rb"))
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return cast(IO[bytes], lzma.LZMAFile(src))
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        raise LayerError("the layer is zstd-compressed, which imagemode cannot unpack yet; push it as gzip")
+    return src
+
+
+def safe_name(name: str) -> str:
+    """A tar path as a path inside the layer: `..`, NUL and empty names are refused, `.` dropped."""
+    if "\0" in name:
+        raise LayerError(f"layer entry {name!r} has a NUL byte in its name")
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if any(p == ".." for p in parts):
         raise LayerError(f"layer entry {name!r} escapes the root")
     return "/".join(parts)
 
 
-def _set_xattrs(path: str, headers: Mapping[str, str]) -> None:
-    for key, value in headers.items():
-        if key.startswith(XATTR_PREFIX):
-            try:
-                os.setxattr(
-                    path,
-                    key[len(XATTR_PREFIX) :],
-                    value.encode("utf-8", "surrogateescape"),
-                    follow_symlinks=False,
+def _xattr_pairs(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    """ostree's a(ayay): names as NUL-terminated bytestrings, values as they are, sorted by name."""
+    return sorted(
+        (
+            k[len(XATTR_PREFIX) :].encode("utf-8", "surrogateescape") + b"\0",
+            v.encode("utf-8", "surrogateescape"),
+        )
+        for k, v in headers.items()
+        if k.startswith(XATTR_PREFIX)
+    )
+
+
+def _xattrs(g: Any, headers: Mapping[str, str]) -> Any:
+    return g.GLib.Variant("a(ayay)", _xattr_pairs(headers))
+
+
+class _LayerTree:
+    """The layer's own tree in libostree: directories as MutableTrees, files as object checksums."""
+
+    def __init__(self, repo: Any) -> None:
+        self.g = gi()
+        self.repo = repo
+        self.root = self.g.OSTree.MutableTree.new()
+        self.default_meta = self.dirmeta(0, 0, 0o755, [])
+        self.root.set_metadata_checksum(self.default_meta)
+        self.objects: dict[str, str] = {}  # path → checksum of what this layer wrote there
+
+    def dirmeta(self, uid: int, gid: int, mode: int, xattrs: list[tuple[bytes, bytes]]) -> str:
+        # ostree stores uid, gid and mode big-endian.
+        v = self.g.GLib.Variant(
+            "(uuua(ayay))", (socket.htonl(uid), socket.htonl(gid), socket.htonl(stat.S_IFDIR | mode), xattrs)
+        )
+        _, csum = self.repo.write_metadata(self.g.OSTree.ObjectType.DIR_META, None, v, None)
+        return str(self.g.OSTree.checksum_from_bytes(csum))
+
+    def _lookup(self, node: Any, name: str) -> tuple[str | None, Any]:
+        try:
+            _, csum, sub = node.lookup(name)
+        except self.g.GLib.Error:
+            return None, None
+        return csum, sub
+
+    def parent(self, path: str) -> tuple[Any, str]:
+        """The directory that holds `path`, made as needed (a file in the way is replaced: a later
+        entry wins, as tar would have it), and the last name."""
+        *dirs, base = path.split("/")
+        node = self.root
+        for i, name in enumerate(dirs):
+            csum, sub = self._lookup(node, name)
+            if sub is None:
+                if csum is not None:
+                    node.remove(name, False)
+                    self.objects.pop("/".join(dirs[: i + 1]), None)
+                _, sub = node.ensure_dir(name)
+                sub.set_metadata_checksum(self.default_meta)
+            node = sub
+        return node, base
+
+    def put_dir(self, path: str, meta: str) -> None:
+        node, base = self.parent(path)
+        csum, sub = self._lookup(node, base)
+        if sub is None:
+            if csum is not None:
+                node.remove(base, False)
+                self.objects.pop(path, None)
+            _, sub = node.ensure_dir(base)
+        sub.set_metadata_checksum(meta)
+
+    def put_object(self, path: str, csum: str) -> None:
+        node, base = self.parent(path)
+        _, sub = self._lookup(node, base)
+        if sub is not None:
+            node.remove(base, False)
+            for k in [k for k in self.objects if k.startswith(path + "/")]:
+                del self.objects[k]
+        node.replace_file(base, csum)
+        self.objects[path] = csum
+
+
+def _write_file(g: Any, repo: Any, f: IO[bytes], m: tarfile.TarInfo, xattrs: Any) -> str:
+    mode = stat.S_IFREG | stat.S_IMODE(m.mode)
+    if m.size <= INLINE:
+        data = f.read(m.size)
+        if len(data) != m.size:
+            raise LayerError(f"layer entry {m.name!r} is cut short")
+        return str(repo.write_regfile_inline(None, m.uid, m.gid, mode, xattrs, data, None))
+    writer = repo.write_regfile(None, m.uid, m.gid, mode, m.size, xattrs)
+    left = m.size
+    while left:
+        chunk = f.read(min(CHUNK, left))
+        if not chunk:
+            raise LayerError(f"layer entry {m.name!r} is cut short")
+        writer.write_all(chunk, None)
+        left -= len(chunk)
+    return str(writer.finish(None))
+
+
+def expansion_cap(compressed: int, store: Path) -> int:
+    """How far a layer of `compressed` bytes may expand: a ratio of its size, and the free space."""
+    st = os.statvfs(store)
+    free = st.f_bavail * st.f_frsize - RESERVE
+    return max(0, min(max(compressed * EXPANSION_RATIO, EXPANSION_FLOOR), free))
+
+
+def _entries(tree: _LayerTree, tar: tarfile.TarFile, cap: int, wh: Whiteouts) -> None:
+    g, repo = tree.g, tree.repo
+    written = 0
+    for m in tar:
+        name = safe_name(m.name)
+        if not name:
+            continue  # the layer's root: a commit's root is root-owned 0755 whatever a tar says
+        parent, _, base = name.rpartition("/")
+        if base == OPAQUE:
+            wh.opaque.append(parent)
+            continue
+        if base.startswith(WHITEOUT):
+            gone = base[len(WHITEOUT) :]
+            if not gone or gone in (".", ".."):
+                raise LayerError(f"layer entry {m.name!r} is not a valid whiteout")
+            wh.deleted.append(f"{parent}/{gone}" if parent else gone)
+            continue
+        if m.uid < 0 or m.gid < 0 or m.uid > 0xFFFFFFFF or m.gid > 0xFFFFFFFF:
+            raise LayerError(f"layer entry {m.name!r} has owner {m.uid}:{m.gid}, out of range")
+        if m.isdir():
+            tree.put_dir(name, tree.dirmeta(m.uid, m.gid, stat.S_IMODE(m.mode), _xattr_pairs(m.pax_headers)))
+        elif m.isreg():
+            written += m.size
+            if written > cap:
+                raise LayerError(f"the layer expands past {cap} bytes at {name}; refused")
+            f = tar.extractfile(m)
+            assert f is not None
+            tree.put_object(name, _write_file(g, repo, f, m, _xattrs(g, m.pax_headers)))
+        elif m.issym():
+            if "\0" in m.linkname:
+                raise LayerError(f"layer entry {m.name!r} links to a name with a NUL byte")
+            csum = repo.write_symlink(None, m.uid, m.gid, _xattrs(g, m.pax_headers), m.linkname, None)
+            tree.put_object(name, str(csum))
+        elif m.islnk():
+            target = safe_name(m.linkname)
+            csum = tree.objects.get(target)
+            if csum is None:
+                raise LayerError(
+                    f"layer entry {m.name!r} is a hard link to {m.linkname!r}, which is not an earlier file"
+                    " of the same layer"
                 )
-            except OSError:
-                # Some filesystems refuse some namespaces (security.* under a sandbox); the file stays.
-                pass
+            tree.put_object(name, csum)
+        # Device nodes and fifos cannot be committed to ostree; images keep /dev empty anyway.
 
 
-def extract(tar_path: Path, dest: Path) -> Whiteouts:
-    """Extract a (possibly gzip-compressed) layer tar into the empty directory `dest`."""
+def commit_layer(
+    repo: Repo, blob: Path, ref: str, *, digest: str, diff_id: str, subject: str = ""
+) -> Whiteouts:
+    """Commit the layer blob at `blob` under `ref`, after checking it against `digest` (its compressed
+    bytes) and `diff_id` (its tar). Nothing is left in the repo when it fails."""
+    g = gi()
+    handle = repo.handle
     wh = Whiteouts()
-    dir_modes: list[tuple[str, int, int]] = []
-    root = os.fspath(dest)
-    with tarfile.open(tar_path, mode="r|*") as tar:
-        for m in tar:
-            name = _safe_name(m.name)
-            if not name:
-                continue
-            parent, _, base = name.rpartition("/")
-            if base == OPAQUE:
-                wh.opaque.append(parent)
-                continue
-            if base.startswith(WHITEOUT):
-                wh.deleted.append(f"{parent}/{base[len(WHITEOUT) :]}" if parent else base[len(WHITEOUT) :])
-                continue
-            path = os.path.join(root, name)
-            if parent:
-                os.makedirs(os.path.join(root, parent), exist_ok=True)
-            if m.isdir():
-                os.makedirs(path, exist_ok=True)
-                os.chown(path, m.uid, m.gid)
-                _set_xattrs(path, m.pax_headers)
-                dir_modes.append((path, m.mode, int(m.mtime)))
-                continue
-            if os.path.lexists(path) and not os.path.isdir(path):
-                os.unlink(path)  # a later entry of the same layer wins, as tar would
-            if m.isreg():
-                f = tar.extractfile(m)
-                assert f is not None
-                with open(path, "wb") as out:
-                    shutil.copyfileobj(f, out, 1 << 20)
-            elif m.issym():
-                os.symlink(m.linkname, path)
-            elif m.islnk():
-                os.link(os.path.join(root, _safe_name(m.linkname)), path)
-                continue  # a hard link shares owner, mode and xattrs with its target
-            else:
-                # Device nodes and fifos cannot be committed to ostree; images keep /dev empty anyway.
-                continue
-            os.chown(path, m.uid, m.gid, follow_symlinks=False)
-            if not m.issym():
-                # chmod after chown: chown clears setuid and setgid bits.
-                os.chmod(path, stat.S_IMODE(m.mode))
-            _set_xattrs(path, m.pax_headers)
-            os.utime(path, (m.mtime, m.mtime), follow_symlinks=False)
-    # Directory modes last, so that a 0555 directory did not block the files written into it.
-    for path, mode, mtime in reversed(dir_modes):
-        os.chmod(path, stat.S_IMODE(mode))
-        os.utime(path, (mtime, mtime))
+    compressed = blob.stat().st_size
+    cap = expansion_cap(compressed, repo.path)
+    handle.prepare_transaction(None)
+    try:
+        with open(blob, "rb") as f:
+            raw = _Hashing(f)
+            stream = _Hashing(_decompressed(raw), cap + (cap >> 4) + (1 << 20), "the layer")
+            tree = _LayerTree(handle)
+            try:
+                with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
+                    _entries(tree, tar, cap, wh)
+                stream.drain()  # the end-of-archive blocks and padding count in the diff_id
+                raw.drain()
+            except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, ValueError) as e:
+                raise LayerError(f"the layer is not a readable tar: {str(e)[:160]}") from None
+        if raw.digest != digest:
+            raise LayerError(f"layer {digest}: its bytes hash to {raw.digest}; refused")
+        if stream.digest != diff_id:
+            raise LayerError(f"layer {digest}: its tar hashes to {stream.digest}, not the diff_id {diff_id}")
+        _, root = handle.write_mtree(tree.root, None)
+        meta = g.GLib.Variant("a{sv}", {META_WHITEOUTS: g.GLib.Variant("s", wh.to_json())})
+        _, csum = handle.write_commit_with_time(
+            None, subject or f"layer {diff_id}", None, meta, root, 0, None
+        )
+        handle.transaction_set_ref(None, ref, csum)
+        handle.commit_transaction(None)
+    except g.GLib.Error as e:  # the store refused a write: its disk is full, say
+        handle.abort_transaction(None)
+        raise LayerError(f"cannot store layer {digest}: {e.message}") from None
+    except BaseException:
+        handle.abort_transaction(None)
+        raise
     return wh

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from imagemode import confined
 from imagemode.run import run
 from imagemode.store.libostree import commit_string, gi
 
@@ -89,3 +90,57 @@ class Repo:
         """A string metadata value of a commit, or None."""
         csum = self.resolve(rev)
         return commit_string(self.handle, csum, key) if csum else None
+
+
+class CommitReader:
+    """An ostree commit read in place, entry by entry, following nothing (imagemode.confined.Reader):
+    the files an update needs before staging (kargs.d, bound images) are read without a checkout."""
+
+    def __init__(self, repo: Repo, rev: str) -> None:
+        self.g = gi()
+        _, self.root, _ = repo.handle.read_commit(rev, None)
+
+    def _info(self, rel: str) -> Any:
+        f = self.root.resolve_relative_path(rel) if rel.strip("/") else self.root
+        try:
+            info = f.query_info(
+                "standard::type,standard::size,standard::symlink-target",
+                self.g.Gio.FileQueryInfoFlags.NOFOLLOW_SYMLINKS,
+                None,
+            )
+        except self.g.GLib.Error:
+            return None, None
+        return f, info
+
+    def kind(self, rel: str) -> confined.Kind | None:
+        _, info = self._info(rel)
+        if info is None:
+            return None
+        t = info.get_file_type()
+        FT = self.g.Gio.FileType
+        return {FT.DIRECTORY: confined.Kind.DIR, FT.REGULAR: confined.Kind.FILE,
+                FT.SYMBOLIC_LINK: confined.Kind.LINK}.get(t, confined.Kind.OTHER)  # fmt: skip
+
+    def readlink(self, rel: str) -> str:
+        _, info = self._info(rel)
+        return str(info.get_symlink_target()) if info is not None else ""
+
+    def listdir(self, rel: str = "") -> list[str]:
+        f, info = self._info(rel)
+        if info is None or info.get_file_type() != self.g.Gio.FileType.DIRECTORY:
+            raise confined.ConfinedError(f"/{rel}: not a directory in the commit")
+        names = []
+        for child in f.enumerate_children(
+            "standard::name", self.g.Gio.FileQueryInfoFlags.NOFOLLOW_SYMLINKS, None
+        ):
+            names.append(str(child.get_name()))
+        return sorted(names)
+
+    def read_bytes(self, rel: str, limit: int = 16 << 20) -> bytes:
+        f, info = self._info(rel)
+        if info is None or info.get_file_type() != self.g.Gio.FileType.REGULAR:
+            raise confined.ConfinedError(f"/{rel}: not a regular file in the commit")
+        if info.get_size() > limit:
+            raise confined.ConfinedError(f"/{rel}: larger than {limit} bytes")
+        _, data, _ = f.load_contents(None)
+        return bytes(data)

@@ -77,7 +77,7 @@ class Registry:
         """Copy `source` to NAME[:TAG] in this registry (layers gzip-compressed, as a registry serves
         them); returns the reference as this host sees it."""
         dest = parse(f"{self.address}/{name}")
-        creds = f"{self.user}:{self.password}" if self.user else None
+        creds = (self.user, self.password or "") if self.user else None
         storage.copy(source, dest, dest_tls_verify=False, dest_creds=creds)
         return dest
 
