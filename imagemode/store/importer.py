@@ -95,7 +95,11 @@ def _read_blob(path: Path, digest: str) -> bytes:
             data = f.read(oci_manifest.MAX_JSON + 1)
     except OSError as e:
         raise ImportError_(f"blob {digest} is missing from the layout ({e.strerror})") from None
-    if len(data) > oci_manifest.MAX_JSON or "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+    if len(data) > oci_manifest.MAX_JSON:
+        raise ImportError_(
+            f"blob {digest}: more than the {oci_manifest.MAX_JSON} bytes a manifest or config may have"
+        )
+    if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
         raise ImportError_(f"blob {digest} does not match its digest")
     return data
 
@@ -153,12 +157,26 @@ def import_oci(
     check; `imagemode build` and `disk` run the whole lint on the image itself).
     """
     descs = img.manifest["layers"]
-    imported = 0
-    for i, (desc, diff_id) in enumerate(zip(descs, img.diff_ids, strict=True)):
-        new = _layer_commit(repo, img, desc, diff_id, work)
-        imported += new
-        if on_layer:
-            on_layer(i + 1, len(descs), new)
+    made: list[str] = []  # layer refs this import added: a refused image takes them away again
+    try:
+        for i, (desc, diff_id) in enumerate(zip(descs, img.diff_ids, strict=True)):
+            new = _layer_commit(repo, img, desc, diff_id, work)
+            if new:
+                made.append(layer_ref(diff_id))
+            if on_layer:
+                on_layer(i + 1, len(descs), new)
+        commit, ref, version = _compose(repo, img, image, check_bootable)
+    except BaseException:
+        for r in made:
+            repo.delete_ref(r)
+        raise
+    return ImportResult(
+        commit, ref, image, img.manifest_digest, version, len(descs), len(made), diff_ids=tuple(img.diff_ids)
+    )
+
+
+def _compose(repo: Repo, img: OciImage, image: str, check_bootable: bool) -> tuple[str, str, str]:
+    """The image's tree from its layer commits, committed: (commit, ref, version)."""
     version = img.labels.get("org.opencontainers.image.version", "")
     meta = {
         META_IMAGE: image,
@@ -181,9 +199,7 @@ def import_oci(
         tree.ostree_layout()
         subject = f"{image}@{img.manifest_digest}"
         commit = tree.commit(ref, subject, meta, _epoch(img.config.get("created", "")))
-    return ImportResult(
-        commit, ref, image, img.manifest_digest, version, len(descs), imported, diff_ids=tuple(img.diff_ids)
-    )
+    return commit, ref, version
 
 
 def _epoch(created: str) -> int | None:

@@ -136,16 +136,12 @@ def _xattrs(g: Any, headers: Mapping[str, str]) -> Any:
     return g.GLib.Variant("a(ayay)", _xattr_pairs(headers))
 
 
-class _LayerTree:
-    """The layer's own tree in libostree: directories as MutableTrees, files as object checksums."""
+class _Objects:
+    """Where a layer's objects go: into the repo's open transaction."""
 
     def __init__(self, repo: Any) -> None:
         self.g = gi()
         self.repo = repo
-        self.root = self.g.OSTree.MutableTree.new()
-        self.default_meta = self.dirmeta(0, 0, 0o755, [])
-        self.root.set_metadata_checksum(self.default_meta)
-        self.objects: dict[str, str] = {}  # path → checksum of what this layer wrote there
 
     def dirmeta(self, uid: int, gid: int, mode: int, xattrs: list[tuple[bytes, bytes]]) -> str:
         # ostree stores uid, gid and mode big-endian.
@@ -155,6 +151,52 @@ class _LayerTree:
         _, csum = self.repo.write_metadata(self.g.OSTree.ObjectType.DIR_META, None, v, None)
         return str(self.g.OSTree.checksum_from_bytes(csum))
 
+    def regfile(self, f: IO[bytes], m: tarfile.TarInfo) -> str:
+        return _write_file(self.g, self.repo, f, m, _xattrs(self.g, m.pax_headers))
+
+    def symlink(self, m: tarfile.TarInfo) -> str:
+        return str(
+            self.repo.write_symlink(None, m.uid, m.gid, _xattrs(self.g, m.pax_headers), m.linkname, None)
+        )
+
+
+class _DryRun(_Objects):
+    """The first pass: every entry read and checked, nothing written. Only a layer that passes it
+    (names, links, sizes, both digests) is written, so a refused layer leaves not even a staged
+    object behind."""
+
+    FAKE = "0" * 64
+
+    def __init__(self) -> None:
+        self.g = gi()
+
+    def dirmeta(self, uid: int, gid: int, mode: int, xattrs: list[tuple[bytes, bytes]]) -> str:
+        return self.FAKE
+
+    def regfile(self, f: IO[bytes], m: tarfile.TarInfo) -> str:
+        left = m.size
+        while left:
+            chunk = f.read(min(CHUNK, left))
+            if not chunk:
+                raise LayerError(f"layer entry {m.name!r} is cut short")
+            left -= len(chunk)
+        return self.FAKE
+
+    def symlink(self, m: tarfile.TarInfo) -> str:
+        return self.FAKE
+
+
+class _LayerTree:
+    """The layer's own tree in libostree: directories as MutableTrees, files as object checksums."""
+
+    def __init__(self, out: _Objects) -> None:
+        self.g = gi()
+        self.out = out
+        self.root = self.g.OSTree.MutableTree.new()
+        self.default_meta = out.dirmeta(0, 0, 0o755, [])
+        self.root.set_metadata_checksum(self.default_meta)
+        self.objects: dict[str, str] = {}  # path → checksum of what this layer wrote there
+
     def _lookup(self, node: Any, name: str) -> tuple[str | None, Any]:
         try:
             _, csum, sub = node.lookup(name)
@@ -163,16 +205,19 @@ class _LayerTree:
         return csum, sub
 
     def parent(self, path: str) -> tuple[Any, str]:
-        """The directory that holds `path`, made as needed (a file in the way is replaced: a later
-        entry wins, as tar would have it), and the last name."""
+        """The directory that holds `path`, made as needed, and the last name. An entry whose way
+        goes through a symlink or a file of this layer is refused: a tar extracted by another tool
+        would follow that link out of the tree."""
         *dirs, base = path.split("/")
         node = self.root
         for i, name in enumerate(dirs):
             csum, sub = self._lookup(node, name)
             if sub is None:
                 if csum is not None:
-                    node.remove(name, False)
-                    self.objects.pop("/".join(dirs[: i + 1]), None)
+                    through = "/".join(dirs[: i + 1])
+                    raise LayerError(
+                        f"layer entry {path!r} goes through {through!r}, which is not a directory"
+                    )
                 _, sub = node.ensure_dir(name)
                 sub.set_metadata_checksum(self.default_meta)
             node = sub
@@ -183,18 +228,16 @@ class _LayerTree:
         csum, sub = self._lookup(node, base)
         if sub is None:
             if csum is not None:
-                node.remove(base, False)
-                self.objects.pop(path, None)
+                raise LayerError(f"layer entry {path + '/'!r} replaces a file or symlink of the same layer")
             _, sub = node.ensure_dir(base)
         sub.set_metadata_checksum(meta)
 
     def put_object(self, path: str, csum: str) -> None:
+        """A file or symlink; a later entry of the same name wins, as tar would have it."""
         node, base = self.parent(path)
         _, sub = self._lookup(node, base)
         if sub is not None:
-            node.remove(base, False)
-            for k in [k for k in self.objects if k.startswith(path + "/")]:
-                del self.objects[k]
+            raise LayerError(f"layer entry {path!r} replaces a directory of the same layer")
         node.replace_file(base, csum)
         self.objects[path] = csum
 
@@ -225,7 +268,7 @@ def expansion_cap(compressed: int, store: Path) -> int:
 
 
 def _entries(tree: _LayerTree, tar: tarfile.TarFile, cap: int, wh: Whiteouts) -> None:
-    g, repo = tree.g, tree.repo
+    out = tree.out
     written = 0
     for m in tar:
         name = safe_name(m.name)
@@ -244,19 +287,18 @@ def _entries(tree: _LayerTree, tar: tarfile.TarFile, cap: int, wh: Whiteouts) ->
         if m.uid < 0 or m.gid < 0 or m.uid > 0xFFFFFFFF or m.gid > 0xFFFFFFFF:
             raise LayerError(f"layer entry {m.name!r} has owner {m.uid}:{m.gid}, out of range")
         if m.isdir():
-            tree.put_dir(name, tree.dirmeta(m.uid, m.gid, stat.S_IMODE(m.mode), _xattr_pairs(m.pax_headers)))
+            tree.put_dir(name, out.dirmeta(m.uid, m.gid, stat.S_IMODE(m.mode), _xattr_pairs(m.pax_headers)))
         elif m.isreg():
             written += m.size
             if written > cap:
                 raise LayerError(f"the layer expands past {cap} bytes at {name}; refused")
             f = tar.extractfile(m)
             assert f is not None
-            tree.put_object(name, _write_file(g, repo, f, m, _xattrs(g, m.pax_headers)))
+            tree.put_object(name, out.regfile(f, m))
         elif m.issym():
             if "\0" in m.linkname:
                 raise LayerError(f"layer entry {m.name!r} links to a name with a NUL byte")
-            csum = repo.write_symlink(None, m.uid, m.gid, _xattrs(g, m.pax_headers), m.linkname, None)
-            tree.put_object(name, str(csum))
+            tree.put_object(name, out.symlink(m))
         elif m.islnk():
             target = safe_name(m.linkname)
             csum = tree.objects.get(target)
@@ -269,33 +311,41 @@ def _entries(tree: _LayerTree, tar: tarfile.TarFile, cap: int, wh: Whiteouts) ->
         # Device nodes and fifos cannot be committed to ostree; images keep /dev empty anyway.
 
 
+def _read(blob: Path, out: _Objects, cap: int, digest: str, diff_id: str) -> tuple[_LayerTree, Whiteouts]:
+    """Read the whole layer into a tree of `out`'s objects, checking it as it goes and both digests
+    at the end."""
+    wh = Whiteouts()
+    with open(blob, "rb") as f:
+        raw = _Hashing(f)
+        stream = _Hashing(_decompressed(raw), cap + (cap >> 4) + (1 << 20), "the layer")
+        tree = _LayerTree(out)
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
+                _entries(tree, tar, cap, wh)
+            stream.drain()  # the end-of-archive blocks and padding count in the diff_id
+            raw.drain()
+        except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, ValueError) as e:
+            raise LayerError(f"the layer is not a readable tar: {str(e)[:160]}") from None
+    if raw.digest != digest:
+        raise LayerError(f"layer {digest}: its bytes hash to {raw.digest}; refused")
+    if stream.digest != diff_id:
+        raise LayerError(f"layer {digest}: its tar hashes to {stream.digest}, not the diff_id {diff_id}")
+    return tree, wh
+
+
 def commit_layer(
     repo: Repo, blob: Path, ref: str, *, digest: str, diff_id: str, subject: str = ""
 ) -> Whiteouts:
     """Commit the layer blob at `blob` under `ref`, after checking it against `digest` (its compressed
-    bytes) and `diff_id` (its tar). Nothing is left in the repo when it fails."""
+    bytes) and `diff_id` (its tar). A layer that fails a check leaves nothing in the repo: it is read
+    once to check it, and written only in a second pass."""
     g = gi()
     handle = repo.handle
-    wh = Whiteouts()
-    compressed = blob.stat().st_size
-    cap = expansion_cap(compressed, repo.path)
+    cap = expansion_cap(blob.stat().st_size, repo.path)
+    _read(blob, _DryRun(), cap, digest, diff_id)
     handle.prepare_transaction(None)
     try:
-        with open(blob, "rb") as f:
-            raw = _Hashing(f)
-            stream = _Hashing(_decompressed(raw), cap + (cap >> 4) + (1 << 20), "the layer")
-            tree = _LayerTree(handle)
-            try:
-                with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
-                    _entries(tree, tar, cap, wh)
-                stream.drain()  # the end-of-archive blocks and padding count in the diff_id
-                raw.drain()
-            except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, ValueError) as e:
-                raise LayerError(f"the layer is not a readable tar: {str(e)[:160]}") from None
-        if raw.digest != digest:
-            raise LayerError(f"layer {digest}: its bytes hash to {raw.digest}; refused")
-        if stream.digest != diff_id:
-            raise LayerError(f"layer {digest}: its tar hashes to {stream.digest}, not the diff_id {diff_id}")
+        tree, wh = _read(blob, _Objects(handle), cap, digest, diff_id)
         _, root = handle.write_mtree(tree.root, None)
         meta = g.GLib.Variant("a{sv}", {META_WHITEOUTS: g.GLib.Variant("s", wh.to_json())})
         _, csum = handle.write_commit_with_time(

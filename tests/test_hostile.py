@@ -1,0 +1,412 @@
+"""The hostile corpus (tests/hostile.py) through the code paths that meet it for real.
+
+- The importer on a real ostree repo, fed through skopeo from an oci-archive: the path `switch
+  --transport oci-archive` takes with a USB bundle (and, from skopeo on, `upgrade` from a registry).
+- `read_layout`, the boundary where a layout's own JSON is checked.
+- `imagemode embed` and `imagemode disk`'s user set-up, on trees that carry hostile links.
+
+For every case a sentinel tree outside the root is hashed before and after, and the store must hold no
+new object, commit or ref. Each refusal is one line, which the test asserts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from imagemode import confined
+from imagemode.disk import sysroot as disk_sysroot
+from imagemode.disk.config import ConfigError, User
+from imagemode.errors import ImagemodeError
+from imagemode.host import bound
+from imagemode.oci.reference import ImageRef, Transport
+from imagemode.store import importer, layers
+from imagemode.store.ostree import Repo
+from tests import hostile
+from tests.conftest import IMAGEMODE
+from tests.hostile import Image, Layer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[tuple[Repo, Path, Path]]:
+    """(repo, work dir, sentinel); afterwards the sentinel is unchanged and the repo holds only what
+    the test let in."""
+    sentinel = hostile.make_sentinel(tmp_path / "sentinel")
+    before = hostile.tree_hash(sentinel)
+    repo = Repo(tmp_path / "repo").ensure()
+    work = tmp_path / "work"
+    work.mkdir()
+    yield repo, work, sentinel
+    assert hostile.tree_hash(sentinel) == before, "a hostile image changed the sentinel outside the root"
+
+
+def objects(repo: Repo) -> int:
+    return sum(len(files) for _, _, files in os.walk(repo.path / "objects"))
+
+
+def assert_clean(repo: Repo, refs: list[str], count: int) -> None:
+    assert repo.refs() == refs, "a refused image left a ref"
+    assert objects(repo) == count, "a refused image left objects in the store"
+    subprocess.run(["ostree", f"--repo={repo.path}", "fsck", "--quiet"], check=True, capture_output=True)
+    staging = [p for p in (repo.path / "tmp").iterdir() if p.name.startswith("staging-")]
+    assert not any(any(p.iterdir()) for p in staging), "a refused layer left staged objects"
+
+
+def import_archive(img: Image, tmp: Path, repo: Repo, work: Path) -> importer.ImportResult:
+    """As `switch --transport oci-archive` does: skopeo reads the bundle, the importer commits it."""
+    path = img.archive(tmp / f"bundle-{len(list(tmp.glob('bundle-*')))}.tar")
+    return importer.import_image(
+        repo, ImageRef(Transport.OCI_ARCHIVE, path=str(path)), work, check_bootable=True
+    )
+
+
+def one_line(e: BaseException) -> str:
+    text = str(e)
+    assert "\n" not in text and text, f"not one line: {text!r}"
+    return text
+
+
+# --- layers that try to write outside ----------------------------------------------------------------
+
+
+ESCAPES = {
+    "symlink-then-file": "goes through 'evil', which is not a directory",
+    "symlink-then-dir": "replaces a file or symlink of the same layer",
+    "symlink-then-hardlink": "is a hard link to 'evil/secret', which is not an earlier file",
+    "hardlink-outside": "escapes the root",
+    "dotdot-file": "escapes the root",
+    "whiteout-escapes": "escapes the root",
+    "whiteout-dotdot": "is not a valid whiteout",
+    "nul-in-name": "NUL byte",
+}
+
+
+@pytest.mark.parametrize("absolute", [True, False], ids=["absolute", "relative"])
+@pytest.mark.parametrize("case", sorted(ESCAPES))
+def test_layers_that_reach_outside_are_refused(
+    store: tuple[Repo, Path, Path], tmp_path: Path, case: str, absolute: bool
+) -> None:
+    repo, work, sentinel = store
+    target = str(sentinel) if absolute else "../" * 12 + str(sentinel).lstrip("/")
+    tar = hostile.escape_layers(target)[case]
+    refs, count = repo.refs(), objects(repo)
+    with pytest.raises(ImagemodeError) as e:
+        import_archive(Image([Layer.of(tar, gz=True)]), tmp_path, repo, work)
+    assert ESCAPES[case] in one_line(e.value)
+    assert_clean(repo, refs, count)
+
+
+def test_a_lying_diff_id_does_not_poison_the_cache(store: tuple[Repo, Path, Path], tmp_path: Path) -> None:
+    """The attacker's layer claims the diff_id of an honest layer; a later honest image naming that
+    diff_id must be built from the honest bytes."""
+    repo, work, _ = store
+    honest = hostile.tar_bytes([("dir", "usr"), ("file", "usr/honest", b"the real bytes\n")])
+    evil = hostile.tar_bytes([("dir", "usr"), ("file", "usr/honest", b"the attacker's bytes\n")])
+    lying = Layer.of(evil, gz=True)
+    lying.diff_id = hostile.sha(honest)
+    refs, count = repo.refs(), objects(repo)
+    with pytest.raises(layers.LayerError) as e:
+        import_archive(Image([lying]), tmp_path, repo, work)
+    assert f"not the diff_id {hostile.sha(honest)}" in one_line(e.value)
+    assert_clean(repo, refs, count)
+    assert repo.resolve(importer.layer_ref(hostile.sha(honest))) is None
+
+
+@pytest.mark.parametrize(
+    "case,blob,message",
+    [
+        ("gzip-bomb", hostile.gzip_bomb(), "expands past"),
+        ("sparse-bomb", hostile.sparse_bomb(), "expands past"),
+        ("lying-size", hostile.lying_size_tar(), "expands past"),
+    ],
+    ids=["gzip-bomb", "sparse-bomb", "lying-size"],
+)
+def test_bombs_stop_at_the_cap(
+    store: tuple[Repo, Path, Path], tmp_path: Path, case: str, blob: bytes, message: str
+) -> None:
+    repo, work, _ = store
+    # The diff_id cannot be known without expanding the bomb; the cap must stop it first anyway.
+    layer = Layer(blob, hostile.sha(b"unknown"), "application/vnd.oci.image.layer.v1.tar+gzip")
+    if not blob.startswith(b"\x1f\x8b"):
+        layer.media_type = "application/vnd.oci.image.layer.v1.tar"
+    refs, count = repo.refs(), objects(repo)
+    with pytest.raises(layers.LayerError) as e:
+        import_archive(Image([layer]), tmp_path, repo, work)
+    assert message in one_line(e.value)
+    assert_clean(repo, refs, count)
+
+
+@pytest.mark.parametrize(
+    "case,breaker,message",
+    list(hostile.malformed_manifests()),
+    ids=[c for c, _, _ in hostile.malformed_manifests()],
+)
+def test_malformed_manifests_are_one_line(
+    store: tuple[Repo, Path, Path], tmp_path: Path, case: str, breaker: object, message: str
+) -> None:
+    repo, work, _ = store
+    layer = Layer.of(hostile.tar_bytes([("file", "a", b"a")]))
+    img = Image([layer], break_manifest=breaker)  # type: ignore[arg-type]
+    # At the boundary of a layout (read_layout), and through skopeo as a bundle.
+    img.write(tmp_path / "layout")
+    with pytest.raises(ImagemodeError) as e:
+        importer.read_layout(tmp_path / "layout")
+    assert message in one_line(e.value)
+    refs, count = repo.refs(), objects(repo)
+    with pytest.raises(ImagemodeError) as e2:
+        import_archive(img, tmp_path, repo, work)
+    one_line(e2.value)  # skopeo may refuse it first, in its own words: still one line
+    assert_clean(repo, refs, count)
+
+
+@pytest.mark.parametrize("case", [c for c, _, _ in hostile.malformed_configs("sha256:" + "0" * 64)])
+def test_malformed_configs_are_one_line(store: tuple[Repo, Path, Path], tmp_path: Path, case: str) -> None:
+    repo, work, _ = store
+    layer = Layer.of(hostile.tar_bytes([("file", "a", b"a")]))
+    raw, message = next((r, m) for c, r, m in hostile.malformed_configs(layer.diff_id) if c == case)
+    img = Image([layer], raw_config=raw)
+    img.write(tmp_path / "layout")
+    with pytest.raises(ImagemodeError) as e:
+        importer.read_layout(tmp_path / "layout")
+    assert message in one_line(e.value)
+    refs, count = repo.refs(), objects(repo)
+    with pytest.raises(ImagemodeError) as e2:
+        import_archive(img, tmp_path, repo, work)
+    one_line(e2.value)
+    assert_clean(repo, refs, count)
+
+
+def test_an_honest_layer_that_deletes_5000_files_imports(
+    store: tuple[Repo, Path, Path], tmp_path: Path
+) -> None:
+    """The whiteout list travels in the commit's metadata, not on a command line."""
+    repo, work, _ = store
+    names = [f"usr/share/many/file-{i:05d}" for i in range(5000)]
+    base = hostile.tar_bytes(
+        [
+            ("dir", "usr"),
+            ("dir", "usr/share"),
+            ("dir", "usr/share/many"),
+            *[("file", n, b"x") for n in names],
+            ("dir", "usr/lib/modules/6.1", 0o755),
+            ("file", "usr/lib/modules/6.1/vmlinuz", b"kernel"),
+        ]
+    )
+    deletes = hostile.tar_bytes([("file", n.replace("file-", ".wh.file-"), b"") for n in names])
+    res = import_archive(Image([Layer.of(base), Layer.of(deletes, gz=True)]), tmp_path, repo, work)
+    out = tmp_path / "co"
+    subprocess.run(["ostree", f"--repo={repo.path}", "checkout", res.commit, str(out)], check=True)
+    assert list((out / "usr/share/many").iterdir()) == []
+
+
+def test_var_names_with_spaces_reach_tmpfiles_escaped(
+    store: tuple[Repo, Path, Path], tmp_path: Path
+) -> None:
+    repo, work, _ = store
+    tar = hostile.tar_bytes(
+        [
+            ("dir", "var"),
+            ("dir", "var/lib"),
+            ("dir", "var/lib/my app"),
+            ("file", "var/lib/my app/100%", b"state"),
+            ("dir", "usr/lib/modules/6.1"),
+            ("file", "usr/lib/modules/6.1/vmlinuz", b"k"),
+        ]
+    )
+    res = import_archive(Image([Layer.of(tar)]), tmp_path, repo, work)
+    out = tmp_path / "co"
+    subprocess.run(["ostree", f"--repo={repo.path}", "checkout", res.commit, str(out)], check=True)
+    conf = (out / "usr/lib/tmpfiles.d/imagemode-factory-var.conf").read_text()
+    assert r"C /var/lib/my\x20app - - - - /usr/share/factory/var/lib/my\x20app" in conf
+    bad = hostile.tar_bytes(
+        [
+            ("dir", "var/lib/evil\nL+ /etc/shadow - - - - /tmp/x"),
+            ("file", "usr/lib/modules/6.1/vmlinuz", b"k"),
+        ]
+    )
+    refs, count = repo.refs(), objects(repo)
+    with pytest.raises(ImagemodeError) as e:
+        import_archive(Image([Layer.of(bad)]), tmp_path, repo, work)
+    assert "control character" in one_line(e.value)
+    assert repo.refs() == refs and objects(repo) >= count  # the layer itself is honest and stays cached
+
+
+# --- embed: a lower layer's symlink under an upper layer's directory ---------------------------------
+
+
+def test_embed_does_not_write_through_a_lower_symlink(tmp_path: Path) -> None:
+    from imagemode.embed import store as embed_store
+    from imagemode.embed.sources import Wanted, qualify
+    from imagemode.oci import storage
+    from imagemode.vm.registry import Registry
+
+    sentinel = hostile.make_sentinel(tmp_path / "sentinel")
+    before = hostile.tree_hash(sentinel)
+    lower = hostile.tar_bytes(
+        [
+            ("sym", "d", str(sentinel)),
+            ("sym", "rel", "../../../../../../" + str(sentinel)),
+            ("file", "gone", b""),
+        ]
+    )
+    upper = hostile.tar_bytes(
+        [
+            ("dir", "d", 0o777),
+            ("file", "d/secret", b"overwritten", 0o4777),
+            ("dir", "rel", 0o777),
+            ("file", "rel/dir", b"x"),
+            ("file", ".wh.gone", b""),
+        ]
+    )
+    img = Image([Layer.of(lower), Layer.of(upper)])
+    img.cfg = hostile.config([Layer.of(lower).diff_id, Layer.of(upper).diff_id])
+    img.write(tmp_path / "layout")
+    root = tmp_path / "root"
+    with Registry() as reg:
+        storage.copy(
+            f"oci:{tmp_path / 'layout'}:latest",
+            f"docker://{reg.address}/hostile/embed:1",
+            dest_tls_verify=False,
+        )
+        embed_store.embed(
+            [Wanted(qualify(f"{reg.address}/hostile/embed:1", "t"), "t")], root, tls_verify=False
+        )
+    assert hostile.tree_hash(sentinel) == before
+    # The flattened layer holds what overlayfs would show: directories where the upper layer has them.
+    diffs = list((root / embed_store.STORE / "overlay").glob("*/diff/d"))
+    # The lower layer keeps its link as content; the flattened upper layer has a directory there.
+    links = [p for p in diffs if p.is_symlink()]
+    dirs = [p for p in diffs if p.is_dir() and not p.is_symlink()]
+    assert len(links) == 1 and os.readlink(links[0]) == str(sentinel)
+    assert len(dirs) == 1 and (dirs[0] / "secret").read_bytes() == b"overwritten"
+
+
+def test_embed_refuses_a_tree_whose_store_path_is_a_link(tmp_path: Path) -> None:
+    sentinel = hostile.make_sentinel(tmp_path / "sentinel")
+    before = hostile.tree_hash(sentinel)
+    root = tmp_path / "root"
+    (root / "usr/lib").mkdir(parents=True)
+    (root / "usr/lib/imagemode").symlink_to(sentinel)
+    list_file = tmp_path / "images.txt"
+    list_file.write_text("127.0.0.1:1/never/reached:1\n")
+    p = subprocess.run(
+        [*IMAGEMODE, "embed", "--root", str(root), str(list_file)], capture_output=True, text=True
+    )
+    assert p.returncode == 1
+    assert (
+        p.stderr.count("\n") == 1 and "is a symlink in the image; refusing to write through it" in p.stderr
+    )
+    assert hostile.tree_hash(sentinel) == before
+
+
+def test_yaml_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
+    f = tmp_path / "bomb.yaml"
+    f.write_text(hostile.YAML_BOMB)
+    p = subprocess.run(
+        [*IMAGEMODE, "embed", "--dry-run", str(f)], capture_output=True, text=True, timeout=30
+    )
+    assert p.returncode == 1
+    assert p.stderr.count("\n") == 1 and "YAML alias *a at line 2; aliases are refused" in p.stderr
+
+
+# --- disk: users, keys and homes through the image's links -------------------------------------------
+
+
+def deployment(tmp_path: Path, passwd_home: str = "/root") -> tuple[Path, Path]:
+    sysroot = tmp_path / "sysroot"
+    dep = sysroot / "ostree/deploy/default/deploy/abc.0"
+    (dep / "etc").mkdir(parents=True)
+    (dep / "etc/passwd").write_text(f"root:x:0:0:root:{passwd_home}:/bin/bash\n")
+    (dep / "etc/group").write_text("root:x:0:\n")
+    (dep / "etc/shadow").write_text("root:*:19000:0:99999:7:::\n")
+    (dep / "usr/share/factory/roothome").mkdir(parents=True)
+    (dep / "etc/skel").mkdir()
+    (sysroot / "ostree/deploy/default/var").mkdir(parents=True)
+    return sysroot, dep
+
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE7xUzYV7uZq3PXyTn9N7pF8+VtWdGq7oI3M5lX6KmX2 test"
+
+
+@pytest.mark.parametrize(
+    "case", ["factory-ssh-link", "factory-keys-link", "skel-ssh-link", "passwd-home-dotdot", "passwd-link"]
+)
+def test_disk_users_do_not_follow_the_images_links(tmp_path: Path, case: str) -> None:
+    sentinel = hostile.make_sentinel(tmp_path / "sentinel")
+    before = hostile.tree_hash(sentinel)
+    user = User("root", key=KEY)
+    if case == "passwd-home-dotdot":
+        sysroot, dep = deployment(tmp_path, "/root/../../../../" + str(sentinel).lstrip("/"))
+        message = "leaves /home or /root; refusing it"
+    else:
+        sysroot, dep = deployment(tmp_path)
+    if case == "factory-ssh-link":
+        (dep / "usr/share/factory/roothome/.ssh").symlink_to(sentinel / "ssh")
+        message = "roothome/.ssh is a symlink in the image; refusing to write through it"
+    elif case == "factory-keys-link":
+        # A link of the key file's own name is replaced, never written through.
+        (dep / "usr/share/factory/roothome/.ssh").mkdir()
+        (dep / "usr/share/factory/roothome/.ssh/authorized_keys").symlink_to(
+            sentinel / "ssh/authorized_keys"
+        )
+        message = ""
+    elif case == "skel-ssh-link":
+        user = User("admin", key=KEY)
+        (dep / "etc/passwd").write_text(
+            "root:x:0:0:root:/root:/bin/bash\nadmin:x:1000:1000::/home/admin:/bin/sh\n"
+        )
+        (dep / "etc/skel/.ssh").symlink_to(sentinel / "ssh")
+        message = "home/admin/.ssh is a symlink in the image; refusing to write through it"
+    elif case == "passwd-link":
+        (dep / "etc/passwd").unlink()
+        (dep / "etc/passwd").symlink_to(sentinel / "secret")  # absolute: read inside the image, not here
+        message = "/etc/passwd is missing from the image"
+    if message:
+        with pytest.raises(ConfigError) as e:
+            disk_sysroot.add_user(sysroot, dep, user)
+        assert message in one_line(e.value)
+    else:
+        disk_sysroot.add_user(sysroot, dep, user)
+        keys = sysroot / "ostree/deploy/default/var/roothome/.ssh/authorized_keys"
+        assert not keys.is_symlink() and keys.read_text() == KEY + "\n"
+    assert hostile.tree_hash(sentinel) == before
+
+
+def test_bound_image_links_with_dotdot_stay_in_the_commit(tmp_path: Path) -> None:
+    sentinel = hostile.make_sentinel(tmp_path / "sentinel")
+    before = hostile.tree_hash(sentinel)
+    tree = tmp_path / "tree"
+    d = tree / bound.BOUND_D
+    d.mkdir(parents=True)
+    (d / "x.image").symlink_to("../../../../../../../../" + str(sentinel).lstrip("/") + "/new/x.image")
+    repo = Repo(tmp_path / "repo").ensure()
+    commit = repo.commit(tree, "t")
+    with pytest.raises(bound.BoundImageError) as e:
+        bound.in_commit(repo, commit)
+    assert "which the image lacks" in one_line(e.value)
+    assert hostile.tree_hash(sentinel) == before
+    with pytest.raises(bound.BoundImageError):
+        bound.in_tree(confined.Tree(tree))
+
+
+def test_hostile_json_does_not_reach_the_placeholders(tmp_path: Path) -> None:
+    """fetch makes sparse files named by layer digests: only checked digests get that far."""
+    from imagemode.oci import manifest
+
+    raw = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": manifest.MEDIA_OCI_MANIFEST,
+            "config": {"mediaType": manifest.CONFIG_TYPES[0], "digest": "sha256:" + "a" * 64, "size": 2},
+            "layers": [{"mediaType": manifest.LAYER_TYPES[0], "digest": "sha256:../../x", "size": 9}],
+        }
+    )
+    with pytest.raises(manifest.ManifestError, match="is not a sha256 digest"):
+        manifest.manifest(raw)
