@@ -42,3 +42,30 @@ def test_registry_auth_file_variable(tmp_path: Path, monkeypatch: pytest.MonkeyP
     f.write_text("{}")
     f.chmod(0o400)
     assert auth.find({"REGISTRY_AUTH_FILE": str(f), "HOME": str(tmp_path)}) == f
+
+
+def test_a_link_or_another_owners_file_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real.json"
+    real.write_text("{}")
+    real.chmod(0o600)
+    link = tmp_path / "auth.json"
+    link.symlink_to(real)
+    with pytest.raises(auth.AuthFileError, match="is a symlink; refusing it"):
+        auth.check_private(link)
+    import os
+
+    os.chown(real, 1000, 1000)
+    with pytest.raises(auth.AuthFileError, match="is owned by uid 1000, not 0; refusing it"):
+        auth.check_private(real)
+
+
+def test_push_credentials_go_in_a_private_file_not_on_the_command_line() -> None:
+    import json
+    import stat
+
+    with auth.temporary("127.0.0.1:5000", "user", "s3cret") as path:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        data = json.loads(path.read_text())
+        assert list(data["auths"]) == ["127.0.0.1:5000"]
+        assert "s3cret" not in path.read_text()  # base64 of user:password, as auth.json has it
+    assert not path.exists()

@@ -65,3 +65,14 @@ def test_watchdog_stops_a_hung_program() -> None:
         RunError, match=r"^sleep failed with exit status -9: No space left on device: /x is full$"
     ):
         run(["sleep", "30"], watchdog=watch)
+
+
+def test_secrets_are_redacted_in_logs_and_errors() -> None:
+    from imagemode.run import RunError, redacted
+
+    line = redacted(
+        ["skopeo", "copy", "--dest-creds=u:pw", "--creds", "u:pw2", "usermod", "--password", "$6$h"]
+    )
+    assert "pw" not in line.replace("--password", "") and "$6$h" not in line
+    assert line.count("***") == 3
+    assert "u:pw" not in RunError(["skopeo", "--src-creds=u:pw"], 1, "").command_line

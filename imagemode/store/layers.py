@@ -284,8 +284,10 @@ def _entries(tree: _LayerTree, tar: tarfile.TarFile, cap: int, wh: Whiteouts) ->
                 raise LayerError(f"layer entry {m.name!r} is not a valid whiteout")
             wh.deleted.append(f"{parent}/{gone}" if parent else gone)
             continue
-        if m.uid < 0 or m.gid < 0 or m.uid > 0xFFFFFFFF or m.gid > 0xFFFFFFFF:
+        if not (0 <= m.uid <= 0xFFFFFFFF and 0 <= m.gid <= 0xFFFFFFFF):
             raise LayerError(f"layer entry {m.name!r} has owner {m.uid}:{m.gid}, out of range")
+        if not 0 <= m.mode <= 0o7777777 or m.size < 0:
+            raise LayerError(f"layer entry {m.name!r} has mode {m.mode:o} or size {m.size}, out of range")
         if m.isdir():
             tree.put_dir(name, out.dirmeta(m.uid, m.gid, stat.S_IMODE(m.mode), _xattr_pairs(m.pax_headers)))
         elif m.isreg():
