@@ -151,27 +151,14 @@ def test_bombs_stop_at_the_cap(
 def test_malformed_manifests_are_one_line(
     store: tuple[Repo, Path, Path], tmp_path: Path, case: str, breaker: object, message: str
 ) -> None:
-    repo, work, _ = store
-    layer = Layer.of(hostile.tar_bytes([("file", "a", b"a")]))
-    img = Image([layer], break_manifest=breaker)  # type: ignore[arg-type]
-    # At the boundary of a layout (read_layout), and through skopeo as a bundle.
-    img.write(tmp_path / "layout")
-    with pytest.raises(ImagemodeError) as e:
-        importer.read_layout(tmp_path / "layout")
-    assert message in one_line(e.value)
-    refs, count = repo.refs(), objects(repo)
-    with pytest.raises(ImagemodeError) as e2:
-        import_archive(img, tmp_path, repo, work)
-    one_line(e2.value)  # skopeo may refuse it first, in its own words: still one line
-    assert_clean(repo, refs, count)
+    img = Image([Layer.of(hostile.tar_bytes([("file", "a", b"a")]))], break_manifest=breaker)  # type: ignore[arg-type]
+    refused_at_both_doors(img, message, store, tmp_path)
 
 
-@pytest.mark.parametrize("case", [c for c, _, _ in hostile.malformed_configs("sha256:" + "0" * 64)])
-def test_malformed_configs_are_one_line(store: tuple[Repo, Path, Path], tmp_path: Path, case: str) -> None:
+def refused_at_both_doors(img: Image, message: str, store: tuple[Repo, Path, Path], tmp_path: Path) -> None:
+    """At the boundary of a layout (read_layout), with `message`; and through skopeo as a bundle,
+    where skopeo may refuse it first, in its own words: one line either way, and a clean store."""
     repo, work, _ = store
-    layer = Layer.of(hostile.tar_bytes([("file", "a", b"a")]))
-    raw, message = next((r, m) for c, r, m in hostile.malformed_configs(layer.diff_id) if c == case)
-    img = Image([layer], raw_config=raw)
     img.write(tmp_path / "layout")
     with pytest.raises(ImagemodeError) as e:
         importer.read_layout(tmp_path / "layout")
@@ -181,6 +168,13 @@ def test_malformed_configs_are_one_line(store: tuple[Repo, Path, Path], tmp_path
         import_archive(img, tmp_path, repo, work)
     one_line(e2.value)
     assert_clean(repo, refs, count)
+
+
+@pytest.mark.parametrize("case", [c for c, _, _ in hostile.malformed_configs("sha256:" + "0" * 64)])
+def test_malformed_configs_are_one_line(store: tuple[Repo, Path, Path], tmp_path: Path, case: str) -> None:
+    layer = Layer.of(hostile.tar_bytes([("file", "a", b"a")]))
+    raw, message = next((r, m) for c, r, m in hostile.malformed_configs(layer.diff_id) if c == case)
+    refused_at_both_doors(Image([layer], raw_config=raw), message, store, tmp_path)
 
 
 def test_an_honest_layer_that_deletes_5000_files_imports(

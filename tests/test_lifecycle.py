@@ -16,6 +16,7 @@ a port where nothing listens.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,9 @@ import pytest
 
 from imagemode.vm.qemu import VM, free_port, overlay
 from imagemode.vm.registry import Registry, insecure_conf
+from tests import hostile
 from tests.conftest import GUEST_REGISTRY, HELLO_V1, HELLO_V2, digest_of, imagemode, podman
+from tests.hostile import Image, Layer
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +37,10 @@ SCHEMA = json.loads((Path(__file__).resolve().parent / "data/bootc-host-v1.schem
 GUEST = "10.0.2.100"
 OPEN, AUTH, DEAD = GUEST_REGISTRY, f"{GUEST}:5001", f"{GUEST}:5002"  # the disk follows DEVICE_TARGET
 V1, V2 = HELLO_V1, HELLO_V2
+# v2 as the device meets it: hello v2 plus a /var directory whose name has a space and a kernel argument
+# with GRUB's special characters, quoted (the honest cases of the hostile-input issue).
+V2X = "localhost/imagemode/hello:lc-v2x"
+QUOTED_KARG = 'hello.quoted="semi;colon$dollar"'
 CONFLICT = "localhost/imagemode/hello:lc-conflict"
 LOCAL_EDIT = "edited on the device"
 
@@ -47,19 +54,26 @@ def images(hello_images: dict[str, str], tmp_path_factory: pytest.TempPathFactor
         f"FROM {V1}\nRUN mkdir /etc/imagemode-test.d && echo x > /etc/imagemode-test.d/a\n"
     )
     imagemode("build", "-t", CONFLICT, str(ctx))
+    v2x = tmp_path_factory.mktemp("v2x")
+    (v2x / "60-quoted.toml").write_text(f"kargs = [{json.dumps(QUOTED_KARG)}]\n")
+    (v2x / "Containerfile").write_text(
+        f"FROM {V2}\nCOPY 60-quoted.toml /usr/lib/bootc/kargs.d/60-quoted.toml\n"
+        'RUN mkdir -p "/var/lib/my app" && echo kept > "/var/lib/my app/state"\n'
+    )
+    imagemode("build", "-t", V2X, str(v2x))
     tar = ctx / "nokernel.tar"
     (ctx / "root/etc").mkdir(parents=True)
     (ctx / "root/etc/os-release").write_text("ID=nokernel\n")
     subprocess.run(["tar", "-C", str(ctx / "root"), "-cf", str(tar), "."], check=True)
     podman("import", str(tar), "localhost/imagemode/nokernel:lc")
-    return {**hello_images, CONFLICT: digest_of(CONFLICT)}
+    return {**hello_images, CONFLICT: digest_of(CONFLICT), V2X: digest_of(V2X)}
 
 
 @pytest.fixture(scope="module")
 def registries(images: dict[str, str]) -> Iterator[tuple[Registry, Registry]]:
     with Registry() as open_, Registry(user="edge", password="s3cret") as auth:
         open_.push(f"containers-storage:{V1}", "imagemode/hello:latest")
-        open_.push(f"containers-storage:{V2}", "imagemode/hello-next:v2")
+        open_.push(f"containers-storage:{V2X}", "imagemode/hello-next:v2")
         open_.push(f"containers-storage:{CONFLICT}", "imagemode/hello:conflict")
         open_.push("containers-storage:localhost/imagemode/nokernel:lc", "imagemode/nokernel:v1")
         auth.push(f"containers-storage:{V1}", "imagemode/hello:v1")
@@ -115,7 +129,8 @@ def test_booted_v1_follows_the_registry(vm: VM, images: dict[str, str]) -> None:
     booted = st["status"]["booted"]
     assert booted["image"]["imageDigest"] == images[V1]
     assert st["spec"]["image"] == {"image": f"{OPEN}/imagemode/hello:latest", "transport": "registry"}
-    assert "hello.version=1" in vm.exec("cat /proc/cmdline").stdout.split()
+    cmdline = vm.exec("cat /proc/cmdline").stdout.split()
+    assert "hello.version=1" in cmdline and QUOTED_KARG.replace('"', "") not in cmdline
     assert vm.exec("systemctl is-enabled imagemode-upgrade.timer", check=False).stdout.strip() == "disabled"
 
 
@@ -146,6 +161,109 @@ def test_bad_input_is_one_line_and_changes_nothing(vm: VM, case: str) -> None:
     assert st["status"]["staged"] is None
     assert st["spec"]["image"]["image"] == f"{OPEN}/imagemode/hello:latest"
     assert etc_state(vm) == before
+
+
+def sentinels(vm: VM) -> str:
+    """What a hostile image would go for on a device: its secrets, root's keys, /usr/local, /boot."""
+    return vm.exec(
+        "find /etc/shadow /root/.ssh /usr/local /boot -xdev -printf '%p %y %s %m %U %G %T@\\n'"
+        " | sort | md5sum;"
+        " md5sum /etc/shadow /root/.ssh/authorized_keys; ostree refs --repo=/sysroot/ostree/repo | md5sum"
+    ).stdout
+
+
+def hostile_images() -> dict[str, tuple[Image, str]]:
+    """Images an attacker who can push the followed tag would push, and what the device must say."""
+    lying = Layer.of(hostile.tar_bytes([("file", "usr/x", b"the attacker's bytes")]), gz=True)
+    lying.diff_id = hostile.sha(b"another layer's tar")
+    # The gzip bomb is on the host (test_hostile.py); here an 8 GiB sparse file, stopped at its header.
+    bomb = Layer(hostile.sparse_bomb(), hostile.sha(b"unknown"))
+    layers_of = {
+        "symlink-etc": hostile.tar_bytes(
+            [("sym", "evil", "/etc"), ("file", "evil/shadow", b"root::1:0:::::\n")]
+        ),
+        "symlink-root-ssh": hostile.tar_bytes(
+            [("sym", "k", "/root/.ssh"), ("link", "k2", "k/authorized_keys")]
+        ),
+        "usr-local-chmod": hostile.tar_bytes([("sym", "l", "../../../usr/local"), ("dir", "l", 0o777)]),
+        "boot-grub-cfg": hostile.tar_bytes([("sym", "b", "/boot"), ("file", "b/grub/grub.cfg", b"pwned")]),
+    }
+    out = {name: (Image([Layer.of(tar, gz=True)]), msg) for name, tar, msg in (
+        ("symlink-etc", layers_of["symlink-etc"], "goes through 'evil', which is not a directory"),
+        ("symlink-root-ssh", layers_of["symlink-root-ssh"], "is a hard link to 'k/authorized_keys'"),
+        ("usr-local-chmod", layers_of["usr-local-chmod"], "replaces a file or symlink of the same layer"),
+        ("boot-grub-cfg", layers_of["boot-grub-cfg"], "goes through 'b', which is not a directory"),
+    )}  # fmt: skip
+    out["lying-diff-id"] = (Image([lying]), f"not the diff_id {lying.diff_id}")
+    out["sparse-bomb"] = (Image([bomb]), "expands past")
+    return out
+
+
+def test_hostile_upgrades_are_refused_and_the_device_is_untouched(
+    vm: VM, registries: tuple[Registry, Registry], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Whoever can push the tag the device follows pushes images that reach outside the store."""
+    open_ = registries[0]
+    d = tmp_path_factory.mktemp("hostile")
+    before, etc_before = sentinels(vm), etc_state(vm)
+    try:
+        for name, (img, expected) in hostile_images().items():
+            img.write(d / name)
+            open_.push(f"oci:{d / name}:latest", "imagemode/hello:latest")
+            line = one_line_error(vm.exec("imagemode upgrade", check=False))
+            assert expected in line, (name, line)
+            assert status(vm)["status"]["staged"] is None, name
+            assert sentinels(vm) == before, f"{name} changed the device"
+        assert etc_state(vm) == etc_before
+    finally:
+        open_.push(f"containers-storage:{V1}", "imagemode/hello:latest")
+    assert vm.exec("imagemode upgrade").stdout.startswith(
+        "no update available"
+    )  # and the device still works
+
+
+def test_an_update_that_cannot_fit_is_refused_before_any_download(
+    vm: VM, registries: tuple[Registry, Registry], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    open_ = registries[0]
+
+    def free() -> int:
+        return int(vm.exec("sync; df -B1 --output=avail /sysroot | tail -1").stdout)
+
+    d = tmp_path_factory.mktemp("too-big")
+    big = hostile.tar_bytes(
+        [("file", "usr/share/big", os.urandom(120 << 20))]
+    )  # random: gzip cannot shrink it
+    Image([Layer.of(big)]).write(d / "big")
+    open_.push(f"oci:{d / 'big'}:latest", "imagemode/hello:latest")
+    # Leave the device about 300 MB: the layer needs 120 MB to download and about 3x that unpacked.
+    vm.exec(f"fallocate -l {free() - 300_000_000} /var/tmp/filler")
+    try:
+        before = free()
+        line = one_line_error(vm.exec("imagemode upgrade", check=False))
+        assert "the update needs about 377.5 MB (125.8 MB to download" in line, line
+        assert "MB free; nothing was downloaded" in line
+        assert abs(free() - before) < 4 << 20  # a journal line or two, not a layer
+        assert status(vm)["status"]["staged"] is None
+    finally:
+        vm.exec("rm -f /var/tmp/filler")
+        open_.push(f"containers-storage:{V1}", "imagemode/hello:latest")
+
+
+def test_a_check_cannot_outlive_its_timeout(vm: VM) -> None:
+    """A check that leaves its session (setsid) is still in its own cgroup, and dies with it."""
+    vm.exec(
+        "mkdir -p /etc/imagemode/check/wanted.d && printf '[timeouts]\\n\"50-escape.sh\" = 3\\n' >"
+        " /etc/imagemode/health.toml && printf '#!/bin/sh\\nsetsid sleep 777 &\\nsleep 60\\n' >"
+        " /etc/imagemode/check/wanted.d/50-escape.sh && chmod +x /etc/imagemode/check/wanted.d/50-escape.sh"
+    )
+    try:
+        out = vm.exec("imagemode health --json", check=False).stdout
+        results = {r["name"]: r for r in json.loads(out)["results"]}
+        assert results["50-escape.sh"]["reason"] == "timed out after 3s", results
+        assert vm.exec("pgrep -f 'sleep 777'", check=False).returncode == 1, "the check's child survived"
+    finally:
+        vm.exec("rm -rf /etc/imagemode/check /etc/imagemode/health.toml; pkill -f 'sleep 777'", check=False)
 
 
 def test_auth_file_must_be_private_and_is_used(vm: VM) -> None:
@@ -183,7 +301,7 @@ def test_etc_file_that_becomes_a_directory_is_refused(vm: VM) -> None:
 def test_check_fills_cached_update(
     vm: VM, registries: tuple[Registry, Registry], images: dict[str, str]
 ) -> None:
-    registries[0].push(f"containers-storage:{V2}", "imagemode/hello:latest")
+    registries[0].push(f"containers-storage:{V2X}", "imagemode/hello:latest")
     out = vm.exec("imagemode upgrade --check").stdout
     assert out.startswith("update available"), out
     st = status(vm)
@@ -199,7 +317,7 @@ def test_download_only_then_upgrade(vm: VM) -> None:
     p = vm.exec("imagemode upgrade --download-only --json")
     result = json.loads(p.stdout)
     assert result["outcome"] == "downloaded"
-    assert result["layers_fetched"] == 1 and result["layers_total"] == 6, result
+    assert result["layers_fetched"] == 3 and result["layers_total"] == 8, result  # hello v2's, and V2X's two
     st = status(vm)
     assert st["status"]["staged"]["downloadOnly"] is True
     assert st["status"]["staged"]["image"]["version"] == "2"
@@ -246,6 +364,9 @@ def test_v2_booted_with_local_etc_kept(vm: VM, images: dict[str, str]) -> None:
     cmdline = vm.exec("cat /proc/cmdline").stdout.split()
     assert "hello.version=2" in cmdline and "hello.version=1" not in cmdline  # kargs.d replaced
     assert any(a.startswith("root=UUID=") for a in cmdline)  # the machine's own kept
+    # GRUB read `;` and `$` literally and dropped only the kernel-level quotes (docs/boot.md).
+    assert QUOTED_KARG.replace('"', "") in cmdline
+    assert vm.exec("cat '/var/lib/my app/state'").stdout == "kept\n"  # a /var name with a space
     assert vm.exec("systemctl --failed --no-legend --plain").stdout.strip() == ""
 
 
@@ -286,4 +407,5 @@ def test_rolled_back_to_v1(vm: VM, images: dict[str, str]) -> None:
     assert st["status"]["rollback"]["image"]["version"] == "2"
     assert vm.exec("test -e /usr/share/hello/v2", check=False).returncode != 0  # the v2 marker is gone
     assert vm.exec("cat /usr/share/hello/release").stdout == "hello v1\n"
-    assert "hello.version=1" in vm.exec("cat /proc/cmdline").stdout.split()
+    cmdline = vm.exec("cat /proc/cmdline").stdout.split()
+    assert "hello.version=1" in cmdline and QUOTED_KARG.replace('"', "") not in cmdline

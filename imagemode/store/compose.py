@@ -18,7 +18,7 @@ from typing import Any
 from imagemode.build.lint import TMPFILES_DIRS, parse_tmpfiles
 from imagemode.errors import ImagemodeError
 from imagemode.store.layers import Whiteouts
-from imagemode.store.libostree import gi
+from imagemode.store.libostree import child, dirmeta, gi
 from imagemode.store.ostree import Repo
 
 FACTORY_VAR = "usr/share/factory/var"
@@ -45,36 +45,23 @@ class Tree:
 
     # -- navigation ---------------------------------------------------------------------------------
 
-    def _child(self, parent: Any, name: str) -> tuple[str | None, Any]:
-        """(file checksum, subdirectory) of `name` in `parent`; (None, None) when it is absent."""
-        try:
-            _, csum, sub = parent.lookup(name)
-        except self.g.GLib.Error:
-            return None, None
-        return csum, sub
-
     def dir(self, path: str) -> Any:
         node = self.root
         for name in _parts(path):
-            _, node = self._child(node, name)
+            _, node = child(node, name)
             if node is None:
                 return None
         return node
 
     def _dirmeta_0755(self) -> str:
         if self._dirmeta is None:
-            # ostree stores uid, gid and mode big-endian.
-            v = self.g.GLib.Variant(
-                "(uuua(ayay))", (socket.htonl(0), socket.htonl(0), socket.htonl(0o40755), [])
-            )
-            _, csum = self.repo.write_metadata(self.g.OSTree.ObjectType.DIR_META, None, v, None)
-            self._dirmeta = str(self.g.OSTree.checksum_from_bytes(csum))
+            self._dirmeta = dirmeta(self.repo, 0, 0, 0o755, [])
         return self._dirmeta
 
     def ensure_dir(self, path: str) -> Any:
         node = self.root
         for name in _parts(path):
-            csum, sub = self._child(node, name)
+            csum, sub = child(node, name)
             if csum is not None:
                 raise ComposeError(f"/{path}: {name} is a file, a directory is needed")
             if sub is None:

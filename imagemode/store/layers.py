@@ -27,7 +27,6 @@ import hashlib
 import json
 import lzma
 import os
-import socket
 import stat
 import tarfile
 import zlib
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from imagemode.errors import ImagemodeError
+from imagemode.store import libostree
 from imagemode.store.libostree import gi
 from imagemode.store.ostree import Repo
 
@@ -144,12 +144,7 @@ class _Objects:
         self.repo = repo
 
     def dirmeta(self, uid: int, gid: int, mode: int, xattrs: list[tuple[bytes, bytes]]) -> str:
-        # ostree stores uid, gid and mode big-endian.
-        v = self.g.GLib.Variant(
-            "(uuua(ayay))", (socket.htonl(uid), socket.htonl(gid), socket.htonl(stat.S_IFDIR | mode), xattrs)
-        )
-        _, csum = self.repo.write_metadata(self.g.OSTree.ObjectType.DIR_META, None, v, None)
-        return str(self.g.OSTree.checksum_from_bytes(csum))
+        return libostree.dirmeta(self.repo, uid, gid, mode, xattrs)
 
     def regfile(self, f: IO[bytes], m: tarfile.TarInfo) -> str:
         return _write_file(self.g, self.repo, f, m, _xattrs(self.g, m.pax_headers))
@@ -197,13 +192,6 @@ class _LayerTree:
         self.root.set_metadata_checksum(self.default_meta)
         self.objects: dict[str, str] = {}  # path → checksum of what this layer wrote there
 
-    def _lookup(self, node: Any, name: str) -> tuple[str | None, Any]:
-        try:
-            _, csum, sub = node.lookup(name)
-        except self.g.GLib.Error:
-            return None, None
-        return csum, sub
-
     def parent(self, path: str) -> tuple[Any, str]:
         """The directory that holds `path`, made as needed, and the last name. An entry whose way
         goes through a symlink or a file of this layer is refused: a tar extracted by another tool
@@ -211,7 +199,7 @@ class _LayerTree:
         *dirs, base = path.split("/")
         node = self.root
         for i, name in enumerate(dirs):
-            csum, sub = self._lookup(node, name)
+            csum, sub = libostree.child(node, name)
             if sub is None:
                 if csum is not None:
                     through = "/".join(dirs[: i + 1])
@@ -225,7 +213,7 @@ class _LayerTree:
 
     def put_dir(self, path: str, meta: str) -> None:
         node, base = self.parent(path)
-        csum, sub = self._lookup(node, base)
+        csum, sub = libostree.child(node, base)
         if sub is None:
             if csum is not None:
                 raise LayerError(f"layer entry {path + '/'!r} replaces a file or symlink of the same layer")
@@ -235,7 +223,7 @@ class _LayerTree:
     def put_object(self, path: str, csum: str) -> None:
         """A file or symlink; a later entry of the same name wins, as tar would have it."""
         node, base = self.parent(path)
-        _, sub = self._lookup(node, base)
+        _, sub = libostree.child(node, base)
         if sub is not None:
             raise LayerError(f"layer entry {path!r} replaces a directory of the same layer")
         node.replace_file(base, csum)

@@ -4,6 +4,8 @@ CLI call per question would cost a process start each (half a second on a slow d
 from __future__ import annotations
 
 import functools
+import socket
+import stat
 from types import SimpleNamespace
 from typing import Any
 
@@ -46,3 +48,23 @@ def commit_string(repo: Any, checksum: str, key: str) -> str | None:
     """A string in a commit's metadata (an OSTree.Repo and a commit checksum), or None."""
     _, commit, _ = repo.load_commit(checksum)
     return string_metadata(commit).get(key)
+
+
+def child(node: Any, name: str) -> tuple[str | None, Any]:
+    """(file checksum, subdirectory) of `name` in a MutableTree; (None, None) when it is absent."""
+    try:
+        _, csum, sub = node.lookup(name)
+    except gi().GLib.Error:
+        return None, None
+    return csum, sub
+
+
+def dirmeta(repo: Any, uid: int, gid: int, mode: int, xattrs: list[tuple[bytes, bytes]]) -> str:
+    """Write a directory's metadata object (an OSTree.Repo in a transaction); returns its checksum."""
+    g = gi()
+    # ostree stores uid, gid and mode big-endian.
+    v = g.GLib.Variant(
+        "(uuua(ayay))", (socket.htonl(uid), socket.htonl(gid), socket.htonl(stat.S_IFDIR | mode), xattrs)
+    )
+    _, csum = repo.write_metadata(g.OSTree.ObjectType.DIR_META, None, v, None)
+    return str(g.OSTree.checksum_from_bytes(csum))
