@@ -134,7 +134,7 @@ def main() -> int:
     same: list[bool] = []
     for i in range(args.rounds):
         sums = {}
-        for side in (("before", "after") if i % 2 == 0 else ("after", "before")):
+        for side in ("before", "after") if i % 2 == 0 else ("after", "before"):
             work = Path(tempfile.mkdtemp(prefix=f"bench-extract-{side}-", dir=args.work))
             repo = work / "repo"
             Repo(repo).ensure("bare")
