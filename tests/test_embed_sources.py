@@ -124,3 +124,13 @@ def test_example_manifests_dir_reads_each_kustomization_through_itself() -> None
         "registry.example.com/edge/sidecar:stable",
         "registry.example.com/edge/workload:stable",
     ]
+
+
+def test_a_quadlet_that_names_itself_is_one_error(tmp_path: Path) -> None:
+    (tmp_path / "a.image").write_text("[Image]\nImage=b.image\n")
+    (tmp_path / "b.image").write_text("[Image]\nImage=a.image\n")
+    with pytest.raises(sources.SourceError, match=r"Image=a.image is not another .image unit beside it"):
+        sources.from_quadlet(tmp_path / "a.image")
+    (tmp_path / "c.container").write_text("[Container]\nImage=../../etc/x.image\n")
+    with pytest.raises(sources.SourceError, match=r"is not another \.image unit beside it"):
+        sources.from_quadlet(tmp_path / "c.container")

@@ -218,7 +218,7 @@ def test_var_names_with_spaces_reach_tmpfiles_escaped(
     out = tmp_path / "co"
     subprocess.run(["ostree", f"--repo={repo.path}", "checkout", res.commit, str(out)], check=True)
     conf = (out / "usr/lib/tmpfiles.d/imagemode-factory-var.conf").read_text()
-    assert r"C /var/lib/my\x20app - - - - /usr/share/factory/var/lib/my\x20app" in conf
+    assert r'C "/var/lib/my app" - - - - /usr/share/factory/var/lib/my\x20app' in conf
     bad = hostile.tar_bytes(
         [
             ("dir", "var/lib/evil\nL+ /etc/shadow - - - - /tmp/x"),
@@ -230,6 +230,26 @@ def test_var_names_with_spaces_reach_tmpfiles_escaped(
         import_archive(Image([Layer.of(bad)]), tmp_path, repo, work)
     assert "control character" in one_line(e.value)
     assert repo.refs() == refs and objects(repo) >= count  # the layer itself is honest and stays cached
+
+
+def test_systemd_tmpfiles_reads_the_escaped_names_back(tmp_path: Path) -> None:
+    """The real systemd-tmpfiles, on the lines the importer writes for awkward but honest names."""
+    from imagemode.store.compose import tmpfiles_argument, tmpfiles_path
+
+    names = ["my app", 'quo"te', "back\\slash", "100%", "it's", "\u00fc wide"]
+    lines = []
+    for n in names:
+        src = tmp_path / "usr/share/factory/var/lib" / n
+        src.mkdir(parents=True)
+        (src / "state").write_text(n)
+        factory = tmpfiles_argument(f"/usr/share/factory/var/lib/{n}")
+        lines.append(f"C {tmpfiles_path(f'/var/lib/{n}')} - - - - {factory}")
+    (tmp_path / "var/lib").mkdir(parents=True)
+    (tmp_path / "t.conf").write_text("\n".join(lines) + "\n")
+    subprocess.run(
+        ["systemd-tmpfiles", "--create", f"--root={tmp_path}", str(tmp_path / "t.conf")], check=True
+    )
+    assert {n: (tmp_path / "var/lib" / n / "state").read_text() for n in names} == {n: n for n in names}
 
 
 # --- embed: a lower layer's symlink under an upper layer's directory ---------------------------------
@@ -404,3 +424,31 @@ def test_hostile_json_does_not_reach_the_placeholders(tmp_path: Path) -> None:
     )
     with pytest.raises(manifest.ManifestError, match="is not a sha256 digest"):
         manifest.manifest(raw)
+
+
+def test_imagemode_disk_does_not_write_root_keys_through_a_link(
+    base_image: dict[str, str], tmp_path: Path
+) -> None:
+    """The whole `imagemode disk`, on an image built FROM the real base whose root home has a link."""
+    from tests.conftest import BASE_TAG, imagemode, podman
+
+    sentinel = hostile.make_sentinel(tmp_path / "sentinel")
+    before = hostile.tree_hash(sentinel)
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Containerfile").write_text(
+        f"FROM {BASE_TAG}\nRUN ln -s {sentinel}/ssh /usr/share/factory/roothome/.ssh\n"
+    )
+    tag = "localhost/imagemode-test/hostile-roothome:1"
+    imagemode("build", "-t", tag, str(ctx))
+    (tmp_path / "config.toml").write_text(f'[[customizations.user]]\nname = "root"\nkey = "{KEY}"\n')
+    try:
+        p = imagemode("disk", tag, "--config", str(tmp_path / "config.toml"), "-o", str(tmp_path / "out"),
+                      check=False)  # fmt: skip
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert p.stderr.count("\n") == 1, p.stderr
+        assert "roothome/.ssh is a symlink in the image; refusing to write through it" in p.stderr
+        assert not (tmp_path / "out/disk.qcow2").exists()
+        assert hostile.tree_hash(sentinel) == before
+    finally:
+        podman("rmi", tag, check=False)

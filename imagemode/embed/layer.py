@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from imagemode import confined
 from imagemode.embed import sources, store
 from imagemode.oci import storage
 from imagemode.oci.reference import ImageRef
@@ -50,11 +51,13 @@ def write_tar(root: Path, out: Path) -> None:
 
 
 def _existing_store(image: ImageRef, root: Path) -> None:
-    with storage.mounted(image) as mnt:
-        if (mnt / store.STORE).is_dir():
+    """Carry the FROM image's store forward: only a real directory and a real file at their own paths
+    (a link on the way is the image's content, and is not followed to copy what it names)."""
+    with storage.mounted(image) as mnt, confined.Tree(mnt) as tree:
+        if tree.kind(str(store.STORE)) is confined.Kind.DIR:
             (root / store.STORE).parent.mkdir(parents=True, exist_ok=True)
             run(["cp", "-a", mnt / store.STORE, root / store.STORE])
-        if (mnt / store.LIST).is_file():
+        if tree.kind(str(store.LIST)) is confined.Kind.FILE:
             run(["cp", "-a", mnt / store.LIST, root / store.LIST])
 
 

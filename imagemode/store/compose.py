@@ -174,21 +174,29 @@ class Tree:
         return str(csum)
 
 
-def tmpfiles_field(path: str) -> str:
-    """A path as one field of a tmpfiles.d line, as systemd-tmpfiles reads it back: white space,
-    quotes and backslashes C-escaped, `%` doubled (specifiers are expanded after unescaping). A
-    control character cannot be written safely, and the image is refused."""
+def _no_control(path: str) -> str:
     if any(ord(c) < 0x20 or c == "\x7f" for c in path):
         raise ComposeError(f"{path!r}: a name with a control character in /var; refusing the image")
-    out = []
-    for c in path:
-        if c.isspace() or c in "\\\"'":
-            out.append("".join(f"\\x{b:02x}" for b in c.encode()))
-        elif c == "%":
-            out.append("%%")
-        else:
-            out.append(c)
-    return "".join(out)
+    return path.replace("%", "%%")  # specifiers are expanded in both fields
+
+
+def tmpfiles_path(path: str) -> str:
+    """A path as the path field of a tmpfiles.d line. systemd 252 unquotes that field but does not
+    C-unescape it, so a name with white space, a quote or a backslash goes in double quotes, with a
+    backslash before `"` and `\\` (which a systemd that does unescape reads the same). A control
+    character cannot be written safely, and the image is refused."""
+    text = _no_control(path)
+    if not any(c.isspace() or c in "\\\"'" for c in text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def tmpfiles_argument(path: str) -> str:
+    """A path as the argument field (the rest of the line), which systemd C-unescapes."""
+    text = _no_control(path)
+    return "".join(
+        "".join(f"\\x{b:02x}" for b in c.encode()) if c.isspace() or c in "\\\"'" else c for c in text
+    )
 
 
 def factory_tmpfiles(tree: Tree, factory: Any, covered: Mapping[str, str]) -> list[str]:
@@ -204,11 +212,11 @@ def factory_tmpfiles(tree: Tree, factory: Any, covered: Mapping[str, str]) -> li
         for rel in [f"{first}/{c}" for c in children] or [first]:
             if f"/var/{rel}" not in covered:
                 lines.append(
-                    f"C {tmpfiles_field(f'/var/{rel}')} - - - - {tmpfiles_field(f'/{FACTORY_VAR}/{rel}')}"
+                    f"C {tmpfiles_path(f'/var/{rel}')} - - - - {tmpfiles_argument(f'/{FACTORY_VAR}/{rel}')}"
                 )
         if children and f"/var/{first}" not in covered:
             mode, uid, gid = tree.mode(sub)
-            lines.append(f"d {tmpfiles_field(f'/var/{first}')} {mode & 0o7777:04o} {uid} {gid} -")
+            lines.append(f"d {tmpfiles_path(f'/var/{first}')} {mode & 0o7777:04o} {uid} {gid} -")
     return sorted(set(lines), key=lambda ln: (ln[0] != "d", ln))
 
 
