@@ -87,10 +87,29 @@ class Tree:
         for p in whiteouts.deleted:
             self._remove(p)
         _, layer_root, _ = self.repo.read_commit(rev, None)
+        self._make_room(layer_root.tree_get_contents_checksum(), self.root)
         try:
             self.repo.write_directory_to_mtree(layer_root, self.root, None, None)
-        except self.g.GLib.Error as e:  # a file over a directory, or the other way round
-            raise ComposeError(f"layer {rev[:12]} does not fit over the layers below: {e.message}") from None
+        except self.g.GLib.Error as e:
+            raise ComposeError(f"layer {rev} does not fit over the layers below: {e.message}") from None
+
+    def _make_room(self, dirtree: str, node: Any) -> None:
+        """A layer entry replaces a lower entry of another type, as tar and overlayfs have it: a file
+        or link where a directory was (a directory replaced by a symlink in a Containerfile), or a
+        directory where a file was. libostree merges only directories into directories, so the lower
+        entry is removed first. Only paths present on both sides are walked."""
+        _, v = self.repo.load_variant(self.g.OSTree.ObjectType.DIR_TREE, dirtree)
+        files, dirs = v.unpack()
+        for name, _ in files:
+            _, sub = child(node, name)
+            if sub is not None:
+                node.remove(name, False)
+        for name, contents, _meta in dirs:
+            csum, sub = child(node, name)
+            if csum is not None:
+                node.remove(name, False)
+            elif sub is not None:
+                self._make_room(self.g.OSTree.checksum_from_bytes(contents), sub)
 
     # -- reading ------------------------------------------------------------------------------------
 
