@@ -140,7 +140,8 @@ class Tree:
     def __init__(self, root: Path) -> None:
         self.root = root
         try:
-            self.fd = os.open(root, DIR_FLAGS)
+            # The root itself is the caller's path, not the image's: a link to it is followed.
+            self.fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
             raise ConfinedError(f"{root}: cannot open the tree ({e.strerror})") from None
 

@@ -473,3 +473,16 @@ def test_imagemode_disk_does_not_write_root_keys_through_a_link(
         assert hostile.tree_hash(sentinel) == before
     finally:
         podman("rmi", tag, check=False)
+
+
+def test_a_password_hash_is_set_on_stdin_never_on_a_command_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    sysroot, dep = deployment(tmp_path)
+    secret = "$6$salt$0nlyInTheShadowFile"
+    with caplog.at_level(logging.DEBUG, logger="imagemode.run"):
+        disk_sysroot.add_user(sysroot, dep, User("root", password=secret, key=KEY))
+    assert f"root:{secret}:" in (dep / "etc/shadow").read_text()
+    assert "chpasswd" in caplog.text and secret not in caplog.text

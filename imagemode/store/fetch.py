@@ -176,7 +176,7 @@ def preflight(need_download: int, work: Path, store: Path | None) -> None:
     if need > free:
         raise NoSpaceError(
             f"the update needs about {_mb(need)} ({_mb(need_download)} to download, unpacked"
-            f" {UNPACK_FACTOR}x) and {work} has {_mb(free)} free; nothing was downloaded"
+            f" {UNPACK_FACTOR}x) and {store or work} has {_mb(free)} free; nothing was downloaded"
         )
 
 
