@@ -8,6 +8,7 @@ carries the command and that tail. No shell strings: arguments are always a list
 from __future__ import annotations
 
 import collections
+import errno
 import itertools
 import logging
 import os
@@ -276,6 +277,16 @@ def _systemd_runs() -> bool:
     return os.geteuid() == 0 and os.path.isdir("/run/systemd/system") and which("systemd-run") is not None
 
 
+def _not_executable(program: str) -> str:
+    """Why the kernel would not run `program` (a script without `#!`, not an ELF file), or ""."""
+    try:
+        with open(program, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        return e.strerror or str(e)
+    return "" if head[:2] == b"#!" or head == b"\x7fELF" else os.strerror(errno.ENOEXEC)
+
+
 def run_confined(
     cmd: Sequence[PathString],
     *,
@@ -298,6 +309,11 @@ def run_confined(
     argv = [os.fspath(c) for c in cmd]
     unit = _scope_name() if scope and _systemd_runs() else None
     if unit is not None:
+        # systemd-run execs the program itself and says only "exit 1" when that fails, so what the
+        # kernel would refuse is refused here first, in the kernel's words.
+        why = _not_executable(argv[0])
+        if why:
+            return Confined(None, b"", 0.0, why)
         argv = ["systemd-run", "--scope", "--quiet", "--collect", f"--unit={unit}", "--", *argv]
     log.debug("run (confined, %.0fs): %s", timeout, redacted(argv))
     t0 = time.monotonic()

@@ -1,5 +1,7 @@
 """The runner's error path: typed errors that carry the command and the tail of stderr."""
 
+from pathlib import Path
+
 import pytest
 
 from imagemode.run import RunError, ToolMissingError, run
@@ -76,3 +78,14 @@ def test_secrets_are_redacted_in_logs_and_errors() -> None:
     assert "pw" not in line.replace("--password", "") and "$6$h" not in line
     assert line.count("***") == 3
     assert "u:pw" not in RunError(["skopeo", "--src-creds=u:pw"], 1, "").command_line
+
+
+def test_what_the_kernel_would_not_run_is_named_before_systemd_run(tmp_path: Path) -> None:
+    from imagemode.run import _not_executable
+
+    (tmp_path / "text").write_text("not a program\n")
+    (tmp_path / "script").write_text("#!/bin/sh\nexit 0\n")
+    assert _not_executable(str(tmp_path / "text")) == "Exec format error"
+    assert _not_executable(str(tmp_path / "script")) == ""
+    assert _not_executable("/bin/sh") == ""
+    assert _not_executable(str(tmp_path / "absent")) == "No such file or directory"
