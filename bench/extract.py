@@ -32,8 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from imagemode.store import layers  # noqa: E402
-from imagemode.store.ostree import Repo  # noqa: E402
+from imagemode.store import layers
+from imagemode.store.ostree import Repo
 
 CACHE = Path("/var/cache/imagemode/layers")
 
@@ -145,8 +145,8 @@ def main() -> int:
             sums[side] = tree_checksum(repo, rev)
             shutil.rmtree(work)
         same.append(sums["before"] == sums["after"])
-        print(f"round {i + 1}: before {runs['before'][-1]}s, after {runs['after'][-1]}s, same tree: {same[-1]}",
-              file=sys.stderr)  # fmt: skip
+        b, a = runs["before"][-1], runs["after"][-1]
+        print(f"round {i + 1}: before {b}s, after {a}s, same tree: {same[-1]}", file=sys.stderr)
     med = {k: statistics.median(v) for k, v in runs.items()}
     print(json.dumps({
         "layer": str(tar_path), "layer_bytes": tar_path.stat().st_size, "runs": runs, "median": med,
