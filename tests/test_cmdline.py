@@ -85,3 +85,33 @@ def test_kargs_d_link_out_of_the_tree_is_not_followed(tmp_path: Path) -> None:
     d.mkdir(parents=True)
     (d / "10-x.toml").symlink_to(outside)  # absolute: inside the image, that path does not exist
     assert kargs.image_kargs(confined.Tree(root)) == []
+
+
+def test_a_broken_kargs_d_in_the_running_image_does_not_block_the_update(tmp_path: Path) -> None:
+    from imagemode.host.update import new_kargs
+    from imagemode.store.ostree import Repo
+
+    repo = Repo(tmp_path / "repo").ensure()
+
+    def commit(name: str, text: str) -> str:
+        d = tmp_path / name / kargs.KARGS_D
+        d.mkdir(parents=True)
+        (d / "10.toml").write_text(text)
+        return repo.commit(tmp_path / name, name)
+
+    old, new, bad = (
+        commit("old", 'kargs = "quiet"\n'),
+        commit("new", 'kargs = ["b=2"]\n'),
+        commit("bad", "kargs = 1"),
+    )
+
+    class Merge:
+        def get_csum(self) -> str:
+            return old
+
+        def get_bootconfig(self) -> dict[str, str]:
+            return {"options": "root=UUID=u rw q u i e t"}
+
+    assert new_kargs(None, repo, Merge(), new) == ["root=UUID=u", "rw", "q", "u", "i", "e", "t", "b=2"]
+    with pytest.raises(kargs.KargsError, match="kargs must be a list of strings"):
+        new_kargs(None, repo, Merge(), bad)

@@ -149,8 +149,13 @@ def check_etc(sysroot: Any, repo: Repo, booted: Any, commit: str, work: Path) ->
 
 
 def new_kargs(sysroot: Any, repo: Repo, merge: Any, commit: str) -> list[str]:
-    old_image = kargs.commit_kargs(repo, merge.get_csum())
-    return kargs.replace_image_kargs(sr.kargs_of(merge), old_image, kargs.commit_kargs(repo, commit))
+    new = kargs.commit_kargs(repo, commit)  # the new image's kargs.d must be right, or nothing is staged
+    try:
+        old_image = kargs.commit_kargs(repo, merge.get_csum())
+    except kargs.KargsError:
+        # The running image's own kargs.d is broken: it must not keep the device from the fix.
+        old_image = []
+    return kargs.replace_image_kargs(sr.kargs_of(merge), old_image, new)
 
 
 def stage(
