@@ -34,6 +34,8 @@ from imagemode.errors import ImagemodeError
 
 MAX_LINKS = 40  # as the kernel's own limit for one path lookup
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# An entry opened to read it or set its metadata: never through a link, never blocking on a fifo.
+ENTRY_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 class ConfinedError(ImagemodeError):
@@ -55,21 +57,6 @@ def parts(rel: str) -> list[str]:
     if any("\0" in p for p in out):
         raise ConfinedError(f"{rel!r}: a path with a NUL byte")
     return out
-
-
-def in_root(path: str, base: str = "") -> str:
-    """`path` as the tree sees it, relative to its root: an absolute path starts at the root, a
-    relative one at `base`, and `..` never climbs above the root."""
-    out: list[str] = [] if path.startswith("/") else [p for p in base.split("/") if p not in ("", ".")]
-    for p in path.split("/"):
-        if p in ("", "."):
-            continue
-        if p == "..":
-            if out:
-                out.pop()
-        else:
-            out.append(p)
-    return "/".join(out)
 
 
 class Reader(Protocol):
@@ -261,14 +248,14 @@ class Tree:
             st = os.lstat(name, dir_fd=fd)
             if stat.S_ISLNK(st.st_mode):
                 return None
-            return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
+            return os.open(name, ENTRY_FLAGS, dir_fd=fd)
 
     def read_bytes(self, rel: str, limit: int = 16 << 20) -> bytes:
         """A regular file's bytes, the last component not followed either (resolve() first to
         follow links inside the tree)."""
         with self.parent(rel) as (dfd, name):
             try:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
+                fd = os.open(name, ENTRY_FLAGS, dir_fd=dfd)
             except OSError as e:
                 raise ConfinedError(f"{self._show(parts(rel))}: cannot read it ({e.strerror})") from None
             with os.fdopen(fd, "rb") as f:
