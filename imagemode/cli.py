@@ -181,11 +181,19 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     from imagemode.build import bundle
     from imagemode.oci.reference import parse_local
 
-    b = bundle.bundle(parse_local(args.image), Path(args.output))
+    signing = None
+    if args.sign_by:
+        signing = bundle.Signing(args.sign_by, args.sign_identity, Path(args.sign_passphrase_file) if
+                                 args.sign_passphrase_file else None)  # fmt: skip
+    elif args.sign_identity or args.sign_passphrase_file:
+        raise ImagemodeError("--sign-identity and --sign-passphrase-file go with --sign-by")
+    b = bundle.bundle(parse_local(args.image), Path(args.output), signing)
     if args.json:
         _json_out(asdict(b))
         return 0
     print(f"{b.path}: {b.image} {b.digest}, {human_size(b.size_bytes)}")
+    if b.signed_as:
+        print(f"  signed as {b.signed_as} by {args.sign_by}")
     print(f"  {len(b.embedded)} embedded workload images inside")
     for ref in b.bound:
         print(f"  bound image not inside (pulled by the device at update time): {ref}")
@@ -240,6 +248,7 @@ def cmd_disk(args: argparse.Namespace) -> int:
         cache_dir=Path(args.cache_dir or DEFAULT_CACHE),
         config=Path(args.config) if args.config else None,
         target=parse(args.target_imgref) if args.target_imgref else None,
+        enforce=args.enforce_container_sigpolicy,
     )
     progress = Progress(len(disk.PLAN), quiet=args.json)
     result = disk.build(opts, progress)
@@ -248,6 +257,8 @@ def cmd_disk(args: argparse.Namespace) -> int:
         _json_out({**result.__dict__, "seconds": round(total, 1)})
         return 0
     print(f"from {result.image}\n  digest {result.image_digest}\n  follows {result.target}")
+    if result.enforce:
+        print("  updates must be signed: the image's policy.json is enforced (docs/signing.md)")
     for path, size in result.files.items():
         print(f"  {path}  {human_size(size)}")
     if result.ssh_key:
@@ -336,6 +347,7 @@ def _update(args: argparse.Namespace, image: Any) -> int:
         check=getattr(args, "check", False),
         download_only=getattr(args, "download_only", False),
         from_downloaded=getattr(args, "from_downloaded", False),
+        enforce=getattr(args, "enforce_container_sigpolicy", None),
     )
     quiet = args.quiet or args.json
     say = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr))
@@ -517,6 +529,13 @@ def _device_verbs(sub: Any) -> None:
         "--transport",
         metavar="T",
         help="registry (default), oci, oci-archive or containers-storage",
+    )
+    sw.add_argument(
+        "--enforce-container-sigpolicy",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="updates must pass a policy.json that requires signatures, from now on (the default:"
+        " as the device does now; --no-... turns it off)",
     )
     _update_flags(sw)
     sw.set_defaults(func=cmd_switch)
@@ -753,6 +772,14 @@ def build_parser() -> Parser:
     )
     bu_.add_argument("image", metavar="IMAGE", help="a bootable image in local containers-storage")
     bu_.add_argument("-o", "--output", required=True, metavar="FILE", help="the archive to write")
+    bu_.add_argument("--sign-by", metavar="FINGERPRINT", help="sign the image's manifest with this GPG key")
+    bu_.add_argument(
+        "--sign-identity",
+        metavar="REF",
+        help="the registry reference the signature names, as devices' policies know it,"
+        " e.g. registry.example.com/os:2 (default: IMAGE)",
+    )
+    bu_.add_argument("--sign-passphrase-file", metavar="FILE", help="the key's passphrase, if it has one")
     bu_.add_argument("--json", action="store_true", help="print the result as JSON")
     bu_.set_defaults(func=cmd_bundle)
 
@@ -803,6 +830,13 @@ def build_parser() -> Parser:
         metavar="REF",
         help="the image the device follows for updates, e.g. registry.example.com/os:stable"
         " (default: IMAGE)",
+    )
+    d.add_argument(
+        "--enforce-container-sigpolicy",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the device takes only updates its policy.json finds signed (default: as the disk"
+        " config or the image's /usr/lib/bootc/install/*.toml say; else off)",
     )
     d.add_argument("--json", action="store_true", help="print the result as JSON")
     d.set_defaults(func=cmd_disk)

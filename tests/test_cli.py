@@ -21,6 +21,7 @@ VERBS = [
     ["rollback"],
     ["prune"],
     ["health"],
+    ["bundle"],
 ]
 
 
@@ -104,6 +105,11 @@ def test_lint_list() -> None:
         (["switch", "--transport", "ftp", "x/y"], "unknown transport 'ftp'"),
         (["switch", "Not A/Ref!!"], "invalid image reference"),
         (["upgrade", "--apply", "--download-only"], "--apply and --download-only contradict each other"),
+        (["switch", "--enforce-container-sigpolicy", "x/y"], "not booted from an ostree deployment"),
+        (
+            ["bundle", "x", "-o", "/tmp/x.tar", "--sign-identity", "r.example.com/x:1"],
+            "--sign-identity and --sign-passphrase-file go with --sign-by",
+        ),
     ],
 )
 def test_device_verbs_fail_in_one_line_off_a_device(args: list[str], expected: str) -> None:

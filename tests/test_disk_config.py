@@ -35,11 +35,16 @@ append = "quiet loglevel=3"
 [[customizations.filesystem]]
 mountpoint = "/"
 minsize = "10 GiB"
+
+[install]
+enforce-container-sigpolicy = true
 """,
     )
     assert cfg.users == (config.User("edge", "$6$salt$abcdefghijklmnop", key, ("sudo", "adm")),)
     assert cfg.kernel_append == ("quiet", "loglevel=3")
     assert cfg.root_minsize == 10 * 1024**3
+    assert cfg.enforce is True
+    assert config.DiskConfig().enforce is None  # not set: the image's install config decides
 
 
 @pytest.mark.parametrize(
@@ -54,6 +59,7 @@ minsize = "10 GiB"
         ("[[customizations.filesystem]]\nmountpoint = '/var'\n", 'only mountpoint = "/"'),
         ("[[customizations.filesystem]]\nmountpoint = '/'\nminsize = 'big'\n", "is not a size"),
         ("not toml [", "not valid TOML"),
+        ("[install]\nenforce-container-sigpolicy = 'yes'\n", "enforce-container-sigpolicy must be a bool"),
     ],
 )
 def test_errors_name_the_problem(tmp_path: Path, text: str, message: str) -> None:

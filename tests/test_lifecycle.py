@@ -128,7 +128,11 @@ def test_booted_v1_follows_the_registry(vm: VM, images: dict[str, str]) -> None:
     st = status(vm)
     booted = st["status"]["booted"]
     assert booted["image"]["imageDigest"] == images[V1]
-    assert st["spec"]["image"] == {"image": f"{OPEN}/imagemode/hello:latest", "transport": "registry"}
+    assert st["spec"]["image"] == {
+        "image": f"{OPEN}/imagemode/hello:latest",
+        "transport": "registry",
+        "signature": None,
+    }
     cmdline = vm.exec("cat /proc/cmdline").stdout.split()
     assert "hello.version=1" in cmdline and QUOTED_KARG.replace('"', "") not in cmdline
     assert vm.exec("systemctl is-enabled imagemode-upgrade.timer", check=False).stdout.strip() == "disabled"
@@ -336,7 +340,11 @@ def test_switch_to_another_repository(vm: VM) -> None:
     result = json.loads(vm.exec(f"imagemode switch {OPEN}/imagemode/hello-next:v2 --json").stdout)
     assert result["outcome"] == "staged" and result["layers_fetched"] == 0, result
     st = status(vm)
-    assert st["spec"]["image"] == {"image": f"{OPEN}/imagemode/hello-next:v2", "transport": "registry"}
+    assert st["spec"]["image"] == {
+        "image": f"{OPEN}/imagemode/hello-next:v2",
+        "transport": "registry",
+        "signature": None,
+    }
     staged = st["status"]["staged"]
     assert staged["image"]["image"]["image"] == f"{OPEN}/imagemode/hello-next:v2"
     assert staged["image"]["version"] == "2" and staged["downloadOnly"] is False

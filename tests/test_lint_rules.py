@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -145,3 +146,33 @@ def test_usr_etc_var_run_boot(tmp_path: Path) -> None:
     f = findings(root)
     assert f["usr-etc"] and f["var-run"] == ["/var/run is not a link to /run"]
     assert f["boot-empty"][0].startswith("/boot is not empty (vmlinuz-1)")
+
+
+def test_signature_keys(tmp_path: Path) -> None:
+    root = good_tree(tmp_path)
+    install = root / "usr/lib/bootc/install"
+    install.mkdir(parents=True)
+    (install / "50-signed.toml").write_text("[install]\nenforce-container-sigpolicy = true\n")
+    assert findings(root)["signature-keys"] == [
+        "signature enforcement is on, and /etc/containers/policy.json is missing"
+    ]
+    (root / "etc/containers").mkdir()
+    policy = root / "etc/containers/policy.json"
+    policy.write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
+    assert findings(root)["signature-keys"] == [
+        "signature enforcement is on, and /etc/containers/policy.json requires no signature"
+    ]
+    signed = {"type": "signedBy", "keyType": "GPGKeys", "keyPath": "/etc/pki/containers/fleet.gpg"}
+    policy.write_text(
+        '{"default": [{"type": "reject"}], "transports": {"docker": {"registry.example.com/fleet": ['
+        + json.dumps(signed)
+        + "]}}}"
+    )
+    assert findings(root)["signature-keys"] == [
+        "/etc/containers/policy.json names the key /etc/pki/containers/fleet.gpg, which is not in the image"
+    ]
+    (root / "etc/pki/containers").mkdir(parents=True)
+    (root / "etc/pki/containers/fleet.gpg").write_bytes(b"key")
+    assert "signature-keys" not in findings(root)
+    (install / "60-off.toml").write_text("[install]\nenforce-container-sigpolicy = 1\n")
+    assert "must be true or false" in findings(root)["signature-keys"][0]

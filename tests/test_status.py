@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def dep(version: str, serial: int = 0, image: str = "docker://127.0.0.1:5000/os:
 
 
 CACHED = {
-    "image": {"image": "127.0.0.1:5000/os:latest", "transport": "registry"},
+    "image": {"image": "127.0.0.1:5000/os:latest", "transport": "registry", "signature": None},
     "version": "3",
     "timestamp": None,
     "imageDigest": "sha256:" + "3" * 64,
@@ -54,11 +55,19 @@ def test_booted_fields() -> None:
     assert st["apiVersion"] == "org.containers.bootc/v1" and st["kind"] == "BootcHost"
     booted = st["status"]["booted"]
     assert booted["image"]["imageDigest"] == "sha256:" + "2" * 64
-    assert booted["image"]["image"] == {"image": "127.0.0.1:5000/os:latest", "transport": "registry"}
+    assert booted["image"]["image"] == {
+        "image": "127.0.0.1:5000/os:latest",
+        "transport": "registry",
+        "signature": None,
+    }
     assert booted["image"]["timestamp"] == "2023-11-14T22:13:20Z"
     assert st["status"]["rollback"]["ostree"]["checksum"].endswith("1")
     local = STATES["local-image"]["status"]["booted"]["image"]["image"]
-    assert local == {"image": "localhost/imagemode/hello:1", "transport": "containers-storage"}
+    assert local == {
+        "image": "localhost/imagemode/hello:1",
+        "transport": "containers-storage",
+        "signature": None,
+    }
 
 
 def test_human() -> None:
@@ -67,3 +76,12 @@ def test_human() -> None:
     assert "Staged image:" in text
     assert "Update available" in human(STATES["cached-update"])
     assert "not booted" in human(STATES["not-booted"])
+
+
+def test_enforce_mode_is_the_schema_signature_field() -> None:
+    signed = dataclasses.replace(dep("9"), signed=True)
+    st = host_status(signed, None, None)
+    jsonschema.validate(st, SCHEMA)
+    assert st["spec"]["image"]["signature"] == "containerPolicy"
+    assert st["status"]["booted"]["image"]["image"]["signature"] == "containerPolicy"
+    assert "Signature: required by the policy" in human(st)

@@ -5,13 +5,15 @@ The archive holds the whole image: its layers, and so every workload image embed
 USB disk for example. Bound images are not in it: they are by definition pulled from a registry, so
 the bundle names them, and a device with no network and without them refuses the update (nothing is
 staged). Embed what must work offline.
+
+`--sign-by KEY` signs the archive's manifest digest, as the image the devices know
+(`--sign-identity`, a registry reference), and puts the signature in the archive
+(imagemode.oci.archive). A device checks it against its policy before it imports anything.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +21,8 @@ from imagemode import confined
 from imagemode.embed import store
 from imagemode.errors import ImagemodeError
 from imagemode.host import bound
-from imagemode.oci import storage
-from imagemode.oci.reference import ImageRef, Transport
+from imagemode.oci import archive, signature, storage
+from imagemode.oci.reference import ImageRef, ReferenceError, Transport, parse
 
 BOOTC_LABEL = "containers.bootc"
 
@@ -33,20 +35,27 @@ class Bundle:
     size_bytes: int
     embedded: tuple[str, ...]  # workload images inside the OS image
     bound: tuple[str, ...]  # images the OS pulls at update time, not inside the archive
+    signed_as: str | None = None  # the identity the signature names
 
 
-def _archive_digest(path: Path) -> str:
-    with tarfile.open(path) as tar:
-        member = tar.extractfile("index.json")
-        assert member is not None
-        index = json.load(member)
-    manifests = index.get("manifests", [])
-    if len(manifests) != 1:
-        raise ImagemodeError(f"{path}: expected one image in the archive, found {len(manifests)}")
-    return str(manifests[0]["digest"])
+@dataclass(frozen=True)
+class Signing:
+    key: str  # a GPG fingerprint in the caller's keyring
+    identity: str | None = None  # default: the image's own name
+    passphrase_file: Path | None = None
 
 
-def bundle(image: ImageRef, out: Path) -> Bundle:
+def _identity(text: str) -> str:
+    try:
+        ref = parse(text)
+    except ReferenceError as e:
+        raise ImagemodeError(f"--sign-identity: {e}") from None
+    if ref.transport is not Transport.REGISTRY:
+        raise ImagemodeError(f"--sign-identity: {text} is not a registry reference")
+    return str(ref)
+
+
+def bundle(image: ImageRef, out: Path, signing: Signing | None = None) -> Bundle:
     if image.transport is not Transport.CONTAINERS_STORAGE:
         raise ImagemodeError(f"{image.skopeo}: bundle takes a local image (copy it in with skopeo first)")
     if storage.labels(image).get(BOOTC_LABEL) != "1":
@@ -55,12 +64,18 @@ def bundle(image: ImageRef, out: Path) -> Bundle:
         embedded = tuple(e.ref for e in store.read_list(root))
         with confined.Tree(root) as tree:
             bound_refs = tuple(str(w.ref) for w in bound.in_tree(tree))
+    identity = _identity(signing.identity or f"{image.name}:{image.tag or 'latest'}") if signing else None
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # the archive appears whole, or not at all
     try:
         storage.copy(image, f"oci-archive:{tmp}")
-        digest = _archive_digest(tmp)
+        contents = archive.read(tmp)
+        if signing is not None and identity is not None:
+            sig = signature.sign(contents.manifest, identity, signing.key, signing.passphrase_file)
+            archive.add_signatures(tmp, contents.manifest_digest, identity, [sig])
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return Bundle(str(out), str(image), digest, out.stat().st_size, embedded, bound_refs)
+    return Bundle(
+        str(out), str(image), contents.manifest_digest, out.stat().st_size, embedded, bound_refs, identity
+    )

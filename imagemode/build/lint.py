@@ -16,6 +16,7 @@ from pathlib import Path
 from imagemode.errors import ImagemodeError
 
 MAX_LISTED = 5
+POLICY_JSON = "/etc/containers/policy.json"
 
 
 class Level(enum.StrEnum):
@@ -277,6 +278,32 @@ def check_boot_empty(root: Path, labels: Labels) -> list[str]:
     return []
 
 
+def check_signature_keys(root: Path, labels: Labels) -> list[str]:
+    """An image that turns on signature enforcement must carry what verifies: a policy.json that
+    requires signatures and the key files it names (docs/signing.md)."""
+    from imagemode import confined
+    from imagemode.oci import policy as policies
+
+    with confined.Tree(root) as tree:
+        try:
+            enforce = policies.enforce_requested(tree)
+            pol = policies.image_policy(tree, etc="etc")
+        except policies.PolicyError as e:
+            return [str(e)]
+        if pol is None:
+            return [f"signature enforcement is on, and {POLICY_JSON} is missing"] if enforce else []
+        reqs = pol.every_requirement()
+        out = [
+            f"{POLICY_JSON} names the key {p}, which is not in the image"
+            for p in policies.missing_key_files(policies.key_paths(reqs), tree, "etc")
+        ]
+    if enforce and not policies.has_keys(reqs):
+        out.append(f"signature enforcement is on, and {POLICY_JSON} requires no signature")
+    elif enforce and all(r["type"] == policies.ACCEPT for r in pol.data["default"]):
+        out.append(f"signature enforcement is on, and {POLICY_JSON}'s default accepts any image")
+    return out
+
+
 RULES: tuple[Rule, ...] = (
     Rule(
         "kernel",
@@ -298,6 +325,12 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule("fstab-root", Level.WARNING, "/etc/fstab has no entry for /", check_fstab_root),
     Rule("boot-empty", Level.WARNING, "/boot is empty", check_boot_empty),
+    Rule(
+        "signature-keys",
+        Level.WARNING,
+        "signature enforcement comes with a policy that requires signatures and the keys it names",
+        check_signature_keys,
+    ),
 )
 
 

@@ -21,10 +21,12 @@ from imagemode.build.lint import LintFailedError
 from imagemode.disk import config as diskconfig
 from imagemode.disk import image as diskimage
 from imagemode.disk import sysroot as sr
-from imagemode.oci.reference import ImageRef
+from imagemode.disk.image import DiskError
+from imagemode.oci import policy as policies
+from imagemode.oci.reference import ImageRef, Transport, parse
 from imagemode.run import run
 from imagemode.store import importer
-from imagemode.store.ostree import Repo
+from imagemode.store.ostree import CommitReader, Repo
 from imagemode.ui import Progress
 
 SSH_KEY_NAME = "id_ed25519"
@@ -49,6 +51,8 @@ class DiskOptions:
     cache_dir: Path
     config: Path | None = None
     target: ImageRef | None = None  # what the device updates from; default: `image`
+    # Signature enforcement on the device: None takes the config's, else the image's install config.
+    enforce: bool | None = None
 
 
 @dataclass
@@ -62,6 +66,7 @@ class DiskResult:
     layers_imported: int = 0
     layers_total: int = 0
     target: str = ""  # the image the device follows (its origin)
+    enforce: bool = False  # the device takes only signed updates (an ostree-image-signed: origin)
 
 
 PLAN = (
@@ -71,6 +76,42 @@ PLAN = (
     ("customize", "users, SSH keys and the GRUB menu"),
     ("disk", "GPT with ESP (standalone GRUB) and ext4 root by mkfs.ext4 -d; convert"),
 )
+
+
+def _enforce(
+    opts: DiskOptions, cfg: diskconfig.DiskConfig, repo: Repo, commit: str, follows: ImageRef
+) -> bool:
+    """Whether the device enforces signatures, and if so, that the image can: its own policy.json must
+    require them for the image the device follows, with key files the image holds. Checked before
+    anything is written, since a device that cannot verify its next update never takes one."""
+    tree = CommitReader(repo, commit)
+    try:
+        enforce = next((e for e in (opts.enforce, cfg.enforce, policies.enforce_requested(tree))
+                        if e is not None), False)  # fmt: skip
+        if not enforce:
+            return False
+        pol = policies.image_policy(tree)
+        if pol is None:
+            raise DiskError(
+                "signature enforcement is on, and the image has no /etc/containers/policy.json;"
+                " nothing was written"
+            )
+        if follows.transport is not Transport.OCI_ARCHIVE:
+            policies.require_signatures(pol, follows)
+            if not policies.has_keys(pol.requirements(follows)[1]):
+                raise DiskError(
+                    f"the image's policy.json has no signature requirement for {follows}: the device"
+                    " could take no update from it; nothing was written"
+                )
+            missing = policies.missing_keys(pol, follows, tree)
+            if missing:
+                raise DiskError(
+                    f"signature enforcement is on, and the image lacks the key {missing[0]} that its"
+                    f" policy.json names for {follows}; nothing was written"
+                )
+    except policies.PolicyError as e:
+        raise DiskError(f"{e}; nothing was written") from None
+    return True
 
 
 def build(opts: DiskOptions, progress: Progress) -> DiskResult:
@@ -98,11 +139,13 @@ def build(opts: DiskOptions, progress: Progress) -> DiskResult:
             *cfg.kernel_append,
         ]
         follows = opts.target.skopeo if opts.target else imp.image
+        enforce = _enforce(opts, cfg, repo, imp.commit, parse(follows))
         with progress.step(*PLAN[2]):
             sysroot.mkdir()
             deployment = sr.deploy(
-                sysroot, repo, imp.commit, importer.ref_for(follows), follows, cmdline, imp.layer_refs
-            )
+                sysroot, repo, imp.commit, importer.ref_for(follows), follows, cmdline, imp.layer_refs,
+                signed=enforce,
+            )  # fmt: skip
         result = DiskResult(
             imp.image,
             imp.manifest_digest,
@@ -111,6 +154,7 @@ def build(opts: DiskOptions, progress: Progress) -> DiskResult:
             layers_imported=imp.layers_imported,
             layers_total=imp.layers_total,
             target=follows,
+            enforce=enforce,
         )
         with progress.step(*PLAN[3]):
             users = list(cfg.users)

@@ -37,6 +37,11 @@ KEYS: tuple[Key, ...] = (
     Key("customizations.kernel.append", str, "kernel arguments appended to those of the image"),
     Key("customizations.filesystem[].mountpoint", str, "only '/' is supported: the root filesystem"),
     Key("customizations.filesystem[].minsize", object, "minimum size: bytes, or a string like '10 GiB'"),
+    Key(
+        "install.enforce-container-sigpolicy",
+        bool,
+        "true: the device takes only updates its policy.json finds signed (docs/signing.md)",
+    ),
 )
 _KNOWN = {k.path: k for k in KEYS}
 _CRYPT_RE = re.compile(r"^\$(1|5|6|y|gy|2[abxy]?|7)\$[^\s:]+$")
@@ -58,6 +63,7 @@ class DiskConfig:
     users: tuple[User, ...] = ()
     kernel_append: tuple[str, ...] = ()
     root_minsize: int | None = None
+    enforce: bool | None = None  # install.enforce-container-sigpolicy; None: not set
 
 
 def parse_size(value: object, where: str) -> int:
@@ -142,4 +148,5 @@ def load(path: Path) -> DiskConfig:
         append = tuple(cmdline.check(cmdline.split(append_text), f"{path}: customizations.kernel.append"))
     except cmdline.CmdlineError as e:
         raise ConfigError(str(e)) from None
-    return DiskConfig(tuple(users), append, minsize)
+    enforce = data.get("install", {}).get("enforce-container-sigpolicy")
+    return DiskConfig(tuple(users), append, minsize, enforce)

@@ -26,6 +26,7 @@ def deploy(
     image: str,
     kargs: list[str],
     layer_refs: Sequence[str] = (),
+    signed: bool = False,
 ) -> Path:
     """Deploy `commit` from `source` into the empty directory `sysroot`. Returns the deployment dir.
 
@@ -42,7 +43,7 @@ def deploy(
         # The device's store starts with the image's layers, so its first update fetches only new ones.
         run(["ostree", f"--repo={repo.path}", "pull-local", source.path, *layer_refs])
     origin_file = sysroot.parent / "origin"
-    origin_file.write_text(origin(image))
+    origin_file.write_text(origin(image, signed))
     run(["ostree", "admin", "deploy", f"--sysroot={sysroot}", f"--os={STATEROOT}",
          f"--origin-file={origin_file}", *[f"--karg-append={k}" for k in kargs], commit])  # fmt: skip
     (dep,) = (sysroot / "ostree/deploy" / STATEROOT / "deploy").glob("*.0")

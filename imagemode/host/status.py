@@ -31,17 +31,22 @@ class Deployment:
     architecture: str
     pinned: bool = False
     download_only: bool = False
+    signed: bool = False  # its updates must pass a policy that requires signatures (enforce mode)
 
 
-def image_reference(image: str) -> dict[str, Any]:
-    """bootc's ImageReference: transport names as bootc spells them ("registry", "oci", ...)."""
+def image_reference(image: str, signed: bool = False) -> dict[str, Any]:
+    """bootc's ImageReference: transport names as bootc spells them ("registry", "oci", ...), and the
+    signature mode: "containerPolicy" in enforce mode; null otherwise, as bootc says for
+    ostree-unverified-image (the policy still applies to every fetch: docs/signing.md)."""
+    sig = "containerPolicy" if signed else None
     try:
         ref = parse(image)
     except ReferenceError:
-        return {"image": image, "transport": "registry"}
+        return {"image": image, "transport": "registry", "signature": sig}
     return {
         "image": str(ref),
         "transport": ref.transport.value if ref.transport is not Transport.REGISTRY else "registry",
+        "signature": sig,
     }
 
 
@@ -56,7 +61,7 @@ def boot_entry(
     ts = datetime.fromtimestamp(d.timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if d.timestamp else None
     return {
         "image": {
-            "image": image_reference(d.image),
+            "image": image_reference(d.image, d.signed),
             "version": d.version,
             "timestamp": ts,
             "imageDigest": d.digest,
@@ -91,7 +96,7 @@ def host_status(
     spec_image = None
     source = staged or booted
     if source is not None and source.digest:
-        spec_image = image_reference(source.image)
+        spec_image = image_reference(source.image, source.signed)
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -138,6 +143,8 @@ def human(status: dict[str, Any]) -> str:
             ver = img["version"] or "-"
             lines.append(f"{'':>7}Version: {ver} ({img['timestamp'] or 'no timestamp'})")
         lines.append(f"{'':>8}Commit: {e['ostree']['checksum']}.{e['ostree']['deploySerial']}")
+        if img and img["image"].get("signature"):
+            lines.append(f"{'':>5}Signature: required by the policy (enforced on every update)")
         if e.get("downloadOnly"):
             lines.append(f"{'':>8}Download only: not applied at shutdown")
         if e.get("health"):

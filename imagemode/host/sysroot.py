@@ -72,13 +72,24 @@ def commit_meta(sysroot: Any, csum: str, key: str) -> str | None:
     return commit_string(sysroot.repo(), csum, key)
 
 
-def origin_image(dep: Any) -> str | None:
-    """The image a deployment follows, from its origin file."""
-    kf = dep.get_origin()
+def _origin_text(dep: Any) -> str | None:
+    kf = dep.get_origin() if dep is not None else None
     if kf is None:
         return None
     text, _ = kf.to_data()
-    return origins.image_of(text)
+    return str(text)
+
+
+def origin_image(dep: Any) -> str | None:
+    """The image a deployment follows, from its origin file."""
+    text = _origin_text(dep)
+    return origins.image_of(text) if text is not None else None
+
+
+def origin_signed(dep: Any) -> bool:
+    """Whether the deployment's updates must be signed (bootc's ostree-image-signed: origin)."""
+    text = _origin_text(dep)
+    return text is not None and origins.is_signed(text)
 
 
 def deployment_dir(sysroot: Any, dep: Any) -> Path:
@@ -124,6 +135,7 @@ def describe(sysroot: Any, dep: Any, staged: bool = False) -> Deployment:
         architecture=config.get("architecture", ""),
         pinned=dep.is_pinned(),
         download_only=staged and download_only(dep),
+        signed=origin_signed(dep),
     )
 
 

@@ -35,7 +35,8 @@ from imagemode.host import sysroot as sr
 from imagemode.host.health import PHYSICAL
 from imagemode.host.status import image_reference
 from imagemode.oci import auth
-from imagemode.oci.reference import ImageRef, parse
+from imagemode.oci import policy as policies
+from imagemode.oci.reference import ImageRef, Transport, parse
 from imagemode.store import fetch, importer
 from imagemode.store.libostree import gi
 from imagemode.store.ostree import Repo
@@ -61,6 +62,9 @@ class UpdateOptions:
     check: bool = False
     download_only: bool = False
     from_downloaded: bool = False
+    # Signature enforcement (bootc's --enforce-container-sigpolicy). None: as the followed deployment
+    # has it, so that a switch never turns it off unasked.
+    enforce: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -159,7 +163,14 @@ def new_kargs(sysroot: Any, repo: Repo, merge: Any, commit: str) -> list[str]:
 
 
 def stage(
-    sysroot: Any, commit: str, target: ImageRef, merge: Any, args: list[str], hold: bool, tries: int
+    sysroot: Any,
+    commit: str,
+    target: ImageRef,
+    merge: Any,
+    args: list[str],
+    hold: bool,
+    tries: int,
+    signed: bool = False,
 ) -> str:
     """Stage `commit` for the next boot; `hold`: leave it unfinalized at shutdown (--download-only).
     It gets `tries` boots to become healthy (grubenv; they count once it is the default). Returns the
@@ -169,7 +180,7 @@ def stage(
         _write_atomic(sr.DOWNLOAD_ONLY, "pending\n")
     try:
         _, new = sysroot.stage_tree(
-            origin.STATEROOT, commit, _keyfile(origin.origin(target.skopeo)), merge, args, None
+            origin.STATEROOT, commit, _keyfile(origin.origin(target.skopeo, signed)), merge, args, None
         )
     except Exception:
         if hold:
@@ -189,6 +200,18 @@ def update(
     on_bytes: fetch.OnBytes | None = None,
     say: Callable[[str], None] = lambda s: None,
 ) -> UpdateResult:
+    try:
+        return _update(opts, on_bytes, say)
+    except (policies.PolicyError, fetch.SignatureError) as e:
+        # The trust policy's refusals, from wherever they came: the person at the device learns that
+        # the running system is as it was.
+        text = str(e)
+        raise type(e)(
+            text if text.endswith("nothing was staged") else f"{text}; nothing was staged"
+        ) from None
+
+
+def _update(opts: UpdateOptions, on_bytes: fetch.OnBytes | None, say: Callable[[str], None]) -> UpdateResult:
     sr.require_booted()
     t0 = time.monotonic()
     with sr.locked() as sysroot:
@@ -206,8 +229,14 @@ def update(
                 Outcome.STAGED, d.image, d.digest, d.version, staged=f"{d.checksum}.{d.serial}"
             )
         authfile = auth.find()
+        followed = staged or booted
+        enforce = sr.origin_signed(followed) if opts.enforce is None else opts.enforce
+        trust = policies.Trust(enforce=enforce)
+        if enforce and target.transport is not Transport.OCI_ARCHIVE:
+            # A bundle's own signatures are checked against the identity they sign (oci.archive).
+            policies.require_signatures(policies.load(trust.policy), target)
         say(f"reading {target.skopeo}")
-        remote = fetch.inspect(target, authfile)
+        remote = fetch.inspect(target, authfile, trust=trust)
         booted_image = sr.origin_image(booted)
 
         def said(outcome: Outcome, staged: str = "") -> UpdateResult:
@@ -231,12 +260,16 @@ def update(
                     [d for d in sysroot.get_deployments() if not sr.same(d, staged)], None
                 )
                 sr.DOWNLOAD_ONLY.unlink(missing_ok=True)
-            if booted_image != target.skopeo:
-                sysroot.write_origin_file(booted, _keyfile(origin.origin(target.skopeo)), None)
+            if booted_image != target.skopeo or sr.origin_signed(booted) != enforce:
+                sysroot.write_origin_file(booted, _keyfile(origin.origin(target.skopeo, enforce)), None)
                 return said(Outcome.RETARGETED)
             sr.CACHED_UPDATE.unlink(missing_ok=True)
             return said(Outcome.NO_UPDATE)
-        if _same_image(sysroot, staged, remote) and sr.origin_image(staged) == target.skopeo:
+        if (
+            _same_image(sysroot, staged, remote)
+            and sr.origin_image(staged) == target.skopeo
+            and sr.origin_signed(staged) == enforce
+        ):
             if not opts.download_only:
                 _unlock_download(staged)
             d = sr.describe(sysroot, staged, staged=True)
@@ -248,8 +281,9 @@ def update(
         try:
             say(f"importing {remote.digest}")
             imp = importer.import_image(
-                repo, target, work, remote=remote, authfile=authfile, on_bytes=on_bytes, check_bootable=True
-            )
+                repo, target, work, remote=remote, authfile=authfile, on_bytes=on_bytes,
+                check_bootable=True, trust=trust,
+            )  # fmt: skip
             check_etc(sysroot, repo, booted, imp.commit, work)
             bound.pull(bound.in_commit(repo, imp.commit), say)
             merge = sysroot.get_merge_deployment(origin.STATEROOT)
@@ -258,7 +292,7 @@ def update(
             shutil.rmtree(work, ignore_errors=True)
         prune.drop_extra_deployments(sysroot)
         say("staging")
-        serial = stage(sysroot, imp.commit, target, merge, args, opts.download_only, tries)
+        serial = stage(sysroot, imp.commit, target, merge, args, opts.download_only, tries, enforce)
         sr.CACHED_UPDATE.unlink(missing_ok=True)
         sysroot.load(None)
         refs_removed, _ = prune.prune_store(sysroot, repo, objects=False)

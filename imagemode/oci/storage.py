@@ -11,6 +11,7 @@ from typing import Any
 
 from imagemode.errors import ImagemodeError
 from imagemode.oci import auth
+from imagemode.oci.policy import Trust
 from imagemode.oci.reference import ImageRef, Transport
 from imagemode.run import RunError, run
 
@@ -19,12 +20,13 @@ class ImageNotFoundError(ImagemodeError):
     pass
 
 
-def _skopeo() -> list[str]:
+def _skopeo(trust: Trust | None = None) -> list[str]:
     """skopeo, told about CONTAINERS_REGISTRIES_CONF: podman honours that variable, but Debian 12's
     skopeo reads only its (hidden) --registries-conf flag. A mirror set up for podman then works for
-    imagemode too (docs/embed.md)."""
+    imagemode too (docs/embed.md). `trust`: the policy and signature settings to apply."""
     conf = os.environ.get("CONTAINERS_REGISTRIES_CONF")
-    return ["skopeo", f"--registries-conf={conf}"] if conf else ["skopeo"]
+    cmd = ["skopeo", f"--registries-conf={conf}"] if conf else ["skopeo"]
+    return cmd + (trust.skopeo_flags() if trust is not None else [])
 
 
 def copy(
@@ -38,10 +40,22 @@ def copy(
     dest_creds: tuple[str, str] | None = None,  # (user, password): written to a 0600 auth file
     digest_file: Path | None = None,  # where skopeo writes the manifest digest it stored
     watchdog: Callable[[], str | None] | None = None,
+    trust: Trust | None = None,  # the policy the source must pass (None: skopeo's default file)
+    checked: bool = False,  # imagemode checked the source's signatures itself (a signed bundle)
+    sign_by: str | None = None,  # a GPG fingerprint: sign at the destination (its lookaside)
+    sign_identity: str | None = None,  # the reference signed (default: the destination's)
 ) -> None:
     s = src.skopeo if isinstance(src, ImageRef) else src
     d = dest.skopeo if isinstance(dest, ImageRef) else dest
-    cmd = [*_skopeo(), "copy", "--quiet"]
+    cmd = [*_skopeo(trust), *(["--insecure-policy"] if checked else []), "copy", "--quiet"]
+    if d.startswith(("oci:", "oci-archive:")):
+        # An OCI layout cannot hold signatures: without this skopeo refuses to copy a signed image.
+        # The source's signatures are still checked against the policy.
+        cmd.append("--remove-signatures")
+    if sign_by is not None:
+        cmd.append(f"--sign-by={sign_by}")
+    if sign_identity is not None:
+        cmd.append(f"--sign-identity={sign_identity}")
     if preserve_digests:
         cmd.append("--preserve-digests")
     if not src_tls_verify:

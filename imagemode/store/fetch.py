@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from imagemode.errors import ImagemodeError
+from imagemode.oci import archive, storage
 from imagemode.oci import manifest as oci_manifest
-from imagemode.oci import storage
+from imagemode.oci.policy import Trust
 from imagemode.oci.reference import ImageRef, Transport
 from imagemode.run import RunError, disk_watchdog
 
@@ -45,6 +46,32 @@ _CAUSES = (
 
 class FetchError(ImagemodeError):
     pass
+
+
+class SignatureError(FetchError):
+    """The trust policy refused the image: not signed, or not by a key it trusts."""
+
+
+# What containers/image says when the policy refuses a source, and what it means.
+_POLICY_CAUSES = (
+    ("A signature was required, but no signature exists", "signature missing"),
+    ("Invalid GPG signature", "signed by a key it does not trust"),
+    ("is not accepted", "signed by a key it does not trust, or as another image"),
+    ("Signature for identity", "signed as another image"),
+    ("no valid signatures", "no signature verifies"),
+)
+
+
+def policy_refusal(remote_ref: ImageRef, e: RunError, trust: Trust) -> SignatureError | None:
+    """A one-line SignatureError when skopeo's failure is the policy's refusal, else None."""
+    detail = str(e)
+    name = remote_ref.name or str(remote_ref)
+    if "is rejected by policy" in detail:
+        return SignatureError(f"{trust.policy} rejects every image from {name}")
+    for needle, reason in _POLICY_CAUSES:
+        if needle in detail:
+            return SignatureError(f"not signed by a key that {trust.policy} trusts for {name} ({reason})")
+    return None
 
 
 def cause(e: RunError) -> str:
@@ -74,6 +101,7 @@ class Remote:
     manifest: dict[str, Any]
     config: dict[str, Any]
     tls_verify: bool = True  # False only for a plain-HTTP registry given by the caller (tests)
+    signed_bundle: bool = False  # an archive whose signatures imagemode checked (imagemode.oci.archive)
 
     @property
     def config_digest(self) -> str:
@@ -94,13 +122,24 @@ def _sha256(text: str) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
-def inspect(ref: ImageRef, authfile: Path | None = None, tls_verify: bool = True) -> Remote:
+def inspect(
+    ref: ImageRef, authfile: Path | None = None, tls_verify: bool = True, trust: Trust | None = None
+) -> Remote:
     """The manifest and config of `ref`, each checked before any field is used. A manifest list
-    resolves to this machine's platform.
+    resolves to this machine's platform. A registry image is then named by its digest (`source`): the
+    copy that applies the policy copies that manifest, not whatever the tag names by then.
+
+    A bundle's signatures are checked here, against `trust`, before skopeo unpacks it.
 
     A device says which registries speak plain HTTP in registries.conf; `tls_verify=False` is for
     callers that cannot write it (tests on a build host)."""
     where = ref.skopeo
+    signed = None
+    if ref.transport is Transport.OCI_ARCHIVE and trust is not None:
+        try:
+            signed = archive.verify(Path(ref.path), trust)
+        except archive.ArchiveError as e:
+            raise SignatureError(str(e)) from None
     try:
         raw = storage.inspect_raw(ref, authfile=authfile, tls_verify=tls_verify)
         source = ref
@@ -114,6 +153,10 @@ def inspect(ref: ImageRef, authfile: Path | None = None, tls_verify: bool = True
             raw = storage.inspect_raw(source, authfile=authfile, tls_verify=tls_verify)
             if _sha256(raw) != found:
                 raise FetchError(f"{where}: the registry sent a manifest that is not {found}")
+        if signed is not None and _sha256(raw) != signed:
+            raise SignatureError(f"{where}: the archive changed after its signature was checked")
+        if ref.transport is Transport.REGISTRY:
+            source = ImageRef(ref.transport, name=ref.name, digest=_sha256(raw))
         manifest = oci_manifest.manifest(raw, f"{where}: manifest")
         cfg_raw = storage.inspect_raw(source, config=True, authfile=authfile, tls_verify=tls_verify)
         if _sha256(cfg_raw) != manifest["config"]["digest"]:
@@ -123,7 +166,7 @@ def inspect(ref: ImageRef, authfile: Path | None = None, tls_verify: bool = True
         raise explain(ref, e) from None
     except oci_manifest.ManifestError as e:
         raise FetchError(str(e)) from None
-    return Remote(ref, source, _sha256(raw), manifest, config, tls_verify)
+    return Remote(ref, source, _sha256(raw), manifest, config, tls_verify, signed is not None)
 
 
 def _blob_path(layout: Path, digest: str) -> Path:
@@ -191,9 +234,12 @@ def fetch(
     authfile: Path | None = None,
     on_bytes: OnBytes | None = None,
     store: Path | None = None,
+    trust: Trust | None = None,
 ) -> Fetched:
-    """Copy `remote` into a new OCI layout under `work`, skipping the layers `have_layer` names.
-    `store`: the repository the layers go to, whose free space counts in the preflight."""
+    """Copy `remote` into a new OCI layout under `work`, skipping the layers `have_layer` names, and
+    applying the trust policy to it. When every layer is cached the copy is the manifest and config
+    alone: the policy is never skipped. `store`: the repository the layers go to, whose free space
+    counts in the preflight."""
     descs = remote.manifest["layers"]
     missing = [(d, i) for d, i in zip(descs, remote.diff_ids, strict=True) if not have_layer(i)]
     total = sum(int(d["size"]) for d, _ in missing)
@@ -223,10 +269,13 @@ def fetch(
             src_tls_verify=remote.tls_verify,
             src_authfile=authfile,
             watchdog=watch,
+            trust=trust,
+            checked=remote.signed_bundle,
         )
     except RunError as e:
         shutil.rmtree(layout, ignore_errors=True)
-        raise explain(remote.ref, e) from None
+        refused = policy_refusal(remote.ref, e, trust or Trust())
+        raise refused or explain(remote.ref, e) from None
     if on_bytes is not None:
         on_bytes(total, total, time.monotonic() - t0)
     return Fetched(layout, len(missing), total + int(remote.manifest["config"]["size"]))

@@ -22,6 +22,7 @@ from typing import Any
 
 from imagemode.errors import ImagemodeError
 from imagemode.oci import manifest as oci_manifest
+from imagemode.oci.policy import Trust
 from imagemode.oci.reference import ImageRef
 from imagemode.store import compose, fetch, layers
 from imagemode.store.ostree import Repo
@@ -223,28 +224,34 @@ def import_image(
     authfile: Path | None = None,
     on_bytes: fetch.OnBytes | None = None,
     check_bootable: bool = False,
+    trust: Trust | None = None,
 ) -> ImportResult:
     """Import `src`: only the layers the store lacks are copied, and an image already imported under
-    the same digest is not merged again. `remote` is `src` already inspected."""
-    remote = remote or fetch.inspect(src, authfile)
-    ref = ref_for(src)
-    commit = repo.resolve(ref)
-    if commit and repo.metadata(commit, META_DIGEST) == remote.digest:
-        version = repo.metadata(commit, META_VERSION) or ""
-        n = len(remote.diff_ids)
-        return ImportResult(
-            commit, ref, src.skopeo, remote.digest, version, n, 0, diff_ids=tuple(remote.diff_ids)
-        )
+    the same digest is not merged again. `remote` is `src` already inspected (with the same `trust`).
+
+    The copy runs every time, through the trust policy, even when every layer is cached: a manifest
+    that only reorders or drops cached layers, or an old one replayed, is an image too."""
+    remote = remote or fetch.inspect(src, authfile, trust=trust)
 
     def have(diff_id: str) -> bool:
         return repo.resolve(layer_ref(diff_id)) is not None
 
-    if all(have(d) for d in remote.diff_ids):  # every layer is in the store: nothing to copy
-        img = OciImage(Path("/nonexistent"), remote.digest, remote.manifest, remote.config)
-        return import_oci(repo, img, src.skopeo, work, on_layer, check_bootable=check_bootable)
-    got = fetch.fetch(remote, have, work, authfile, on_bytes, store=repo.path)
+    got = fetch.fetch(remote, have, work, authfile, on_bytes, store=repo.path, trust=trust)
     try:
         img = read_layout(got.layout, "image")
+        if img.manifest_digest != remote.digest:
+            raise ImportError_(
+                f"{src.skopeo}: the manifest copied is {img.manifest_digest}, not the {remote.digest}"
+                " that was read (it changed meanwhile); nothing was imported"
+            )
+        ref = ref_for(src)
+        commit = repo.resolve(ref)
+        if commit and repo.metadata(commit, META_DIGEST) == remote.digest:
+            version = repo.metadata(commit, META_VERSION) or ""
+            n = len(remote.diff_ids)
+            return ImportResult(
+                commit, ref, src.skopeo, remote.digest, version, n, 0, diff_ids=tuple(remote.diff_ids)
+            )
         result = import_oci(repo, img, src.skopeo, work, on_layer, check_bootable=check_bootable)
         return replace(result, bytes_fetched=got.bytes_fetched)
     finally:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from imagemode.errors import ImagemodeError
 from imagemode.oci import storage
+from imagemode.oci.policy import Trust
 from imagemode.oci.reference import ImageRef, parse
 from imagemode.run import ToolMissingError, which
 from imagemode.vm.qemu import free_port
@@ -73,12 +74,24 @@ class Registry:
             f"docker-registry did not start on {self.address}: see {self.root}/registry.log"
         )
 
-    def push(self, source: ImageRef | str, name: str) -> ImageRef:
+    def push(
+        self,
+        source: ImageRef | str,
+        name: str,
+        sign_by: str | None = None,
+        trust: Trust | None = None,
+        sign_identity: str | None = None,
+    ) -> ImageRef:
         """Copy `source` to NAME[:TAG] in this registry (layers gzip-compressed, as a registry serves
-        them); returns the reference as this host sees it."""
+        them); returns the reference as this host sees it. `sign_by`: a GPG fingerprint, whose
+        signature goes where `trust.registries_d` says (a lookaside), naming `sign_identity` (default:
+        this host's reference; a guest reaching the registry at another address needs its own)."""
         dest = parse(f"{self.address}/{name}")
         creds = (self.user, self.password or "") if self.user else None
-        storage.copy(source, dest, dest_tls_verify=False, dest_creds=creds)
+        storage.copy(
+            source, dest, dest_tls_verify=False, dest_creds=creds, sign_by=sign_by, trust=trust,
+            sign_identity=sign_identity,
+        )  # fmt: skip
         return dest
 
     def digest(self, name: str) -> str:
