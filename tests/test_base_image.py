@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import BASE_TAG, ROOT, imagemode, podman
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.host
 
 HELLO = "localhost/imagemode/hello:test"
 

@@ -31,7 +31,8 @@ from tests import signing
 from tests.conftest import ROOT, imagemode, podman
 from tests.hostile import Image, Layer, tar_bytes
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.vm
+POWER_ONS = 1  # QEMU starts (tests/conftest.py)
 
 HELLO = "localhost/imagemode/hello:test"
 HELLO_V2 = "localhost/imagemode/hello:test-v2"

@@ -30,7 +30,8 @@ from imagemode.vm.qemu import VM, overlay
 from imagemode.vm.registry import Registry, insecure_conf
 from tests.conftest import GUEST_REGISTRY, ROOT, imagemode
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.vm, pytest.mark.incremental]
+POWER_ONS = 4  # QEMU starts (tests/conftest.py)
 
 EXAMPLE = ROOT / "examples/microshift-edge"
 AGENT = ROOT / "tests/data/edge"

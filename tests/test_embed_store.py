@@ -20,7 +20,7 @@ from imagemode.embed.sources import Wanted, qualify
 from imagemode.vm.registry import Registry
 from tests.conftest import ROOT, imagemode
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.host
 
 BUILD = str(ROOT / "examples/microshift-edge/build-workload.sh")
 BASE = "localhost/imagemode-test/embed-base:1"

@@ -13,7 +13,7 @@ from imagemode.store.importer import read_layout
 from imagemode.vm.registry import Registry
 from tests.conftest import BASE_TAG
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.host
 
 
 @pytest.fixture(scope="module")

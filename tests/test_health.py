@@ -13,7 +13,7 @@ import pytest
 from imagemode.boot import bls, grub, grubenv
 from imagemode.errors import ImagemodeError
 from imagemode.health import checks, config, state
-from imagemode.host.health import health_of
+from imagemode.health.state import health_of
 from imagemode.host.status import Deployment, health_line, host_status, human
 
 

@@ -31,7 +31,7 @@ from tests import hostile
 from tests.conftest import IMAGEMODE
 from tests.hostile import Image, Layer
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.host
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from imagemode.oci.layout import Layout, write_layer
-from imagemode.store import compose, importer
+from imagemode.store import compose, importer, meta
 from imagemode.store.ostree import Repo
 
 EPOCH = 1_700_000_000
@@ -94,10 +94,10 @@ def test_import_applies_whiteouts_and_layout(tmp_path: Path, base_layer: Path) -
     assert "C /var/lib/app - - - - /usr/share/factory/var/lib/app" in conf
     assert (out.stat().st_mode & 0o777) == 0o755
     # the commit carries what status needs
-    assert repo.metadata(res.commit, importer.META_DIGEST) == img.manifest_digest
-    assert repo.metadata(res.commit, importer.META_IMAGE) == "oci:/x:v1"
-    assert repo.metadata(res.commit, importer.META_VERSION) == "v1"
-    cfg = json.loads(repo.metadata(res.commit, importer.META_CONFIG) or "{}")
+    assert repo.metadata(res.commit, meta.DIGEST) == img.manifest_digest
+    assert repo.metadata(res.commit, meta.IMAGE) == "oci:/x:v1"
+    assert repo.metadata(res.commit, meta.VERSION) == "v1"
+    cfg = json.loads(repo.metadata(res.commit, meta.CONFIG) or "{}")
     assert cfg["config"]["Labels"]["containers.bootc"] == "1"
 
 

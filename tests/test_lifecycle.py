@@ -31,7 +31,8 @@ from tests import hostile
 from tests.conftest import GUEST_REGISTRY, HELLO_V1, HELLO_V2, digest_of, imagemode, podman
 from tests.hostile import Image, Layer
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.vm, pytest.mark.incremental]
+POWER_ONS = 3  # QEMU starts (tests/conftest.py)
 
 SCHEMA = json.loads((Path(__file__).resolve().parent / "data/bootc-host-v1.schema.json").read_text())
 GUEST = "10.0.2.100"
@@ -355,6 +356,9 @@ def test_upgrade_service_applies_and_reboots(vm: VM) -> None:
     """The timer's service: `upgrade --apply --quiet` finds v2 staged and reboots (here: powers off)."""
     vm.exec("systemctl start --no-block imagemode-upgrade.service")
     vm.wait_down(300)
+    # The service rebooted the guest (under -no-reboot QEMU then exits), rather than powering it off;
+    # the next test boots what it staged.
+    assert "reboot: Restarting system" in vm.console, vm.console[-2000:]
 
 
 # ---- boot 2: v2 -------------------------------------------------------------------------------------

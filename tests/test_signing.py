@@ -15,13 +15,13 @@ import pytest
 from imagemode.oci import archive
 from imagemode.oci import policy as policies
 from imagemode.oci.reference import ImageRef, Transport, parse
-from imagemode.store import fetch, importer
+from imagemode.store import fetch, importer, meta
 from imagemode.store.ostree import Repo
 from imagemode.vm.registry import Registry
 from tests import hostile, signing
 from tests.hostile import Image, Layer
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.host
 
 REPO = "imagemode/os"
 
@@ -90,7 +90,7 @@ def test_signed_image_is_imported_and_its_digest_recorded(site: Site, tmp_path: 
     assert result.layers_imported == 2
     assert result.manifest_digest == site.registry.digest(f"{REPO}:v1")
     repo = Repo(tmp_path / "repo")
-    assert repo.metadata(result.commit, importer.META_DIGEST) == result.manifest_digest
+    assert repo.metadata(result.commit, meta.DIGEST) == result.manifest_digest
 
 
 def test_cached_layers_do_not_skip_the_policy(site: Site, tmp_path: Path) -> None:
@@ -219,3 +219,10 @@ def test_unsigned_bundle_without_enforce_follows_the_oci_archive_scope(site: Sit
     strict = site.trust(signing.policy({}))  # default reject, no oci-archive scope
     with pytest.raises(fetch.SignatureError, match="rejects every image"):
         import_(ImageRef(Transport.OCI_ARCHIVE, path=str(path)), strict, tmp_path)
+
+
+def test_a_missing_policy_is_named(site: Site, tmp_path: Path) -> None:
+    ref = site.push(Image([BASE]), "no-policy")
+    trust = policies.Trust(tmp_path / "absent.json", site.regd)
+    with pytest.raises(fetch.SignatureError, match=r"absent.json is missing: skopeo refuses every image"):
+        import_(ref, trust, tmp_path)

@@ -13,6 +13,9 @@ from pathlib import Path
 
 from imagemode.boot import replace
 
+# Where /boot/grub/grubenv is on a device: the physical root, as for `boot update`.
+PHYSICAL = Path("/sysroot")
+
 PATH = "boot/grub/grubenv"  # under the sysroot; grub.cfg loads it as /boot/grub/grubenv
 SIZE = 1024
 HEADER = "# GRUB Environment Block\n"

@@ -9,11 +9,12 @@ failing deployment is read by the one that takes over).
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from imagemode.boot import replace
+from imagemode.boot import grubenv, replace
 
 DIR = Path("/var/lib/imagemode/health")
 HEALTHY, FAILED = "healthy", "failed"
@@ -74,3 +75,20 @@ def forget(digest: str, state_dir: Path = DIR) -> int:
     if len(keep) != len(recs):
         _write(state_dir / "deployments.json", keep)
     return len(recs) - len(keep)
+
+
+def health_of(deployment: str, env: dict[str, str], recs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What status shows of a deployment's health."""
+    rec = dict(recs.get(deployment) or {"state": "unchecked"})
+    if env.get(grubenv.TRY) == deployment:
+        tries = env.get(grubenv.TRIES, "")
+        rec["triesLeft"] = int(tries) if tries.isdigit() else 0
+        if rec["state"] != FAILED:
+            rec["state"] = "trying"
+    return rec
+
+
+def statuses(ids: list[str]) -> dict[str, dict[str, Any]]:
+    env = grubenv.read(grubenv.PHYSICAL) if os.access(grubenv.PHYSICAL, os.R_OK) else {}
+    recs = records()
+    return {i: health_of(i, env, recs) for i in ids}

@@ -17,10 +17,8 @@ cannot report: a kernel panic, a hang, a power cut before the verdict.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from imagemode.boot import grub, grubenv
@@ -29,7 +27,7 @@ from imagemode.health.checks import Result
 from imagemode.host import sysroot as sr
 from imagemode.host.rollback import reorder
 
-PHYSICAL = Path("/sysroot")  # where /boot/grub/grubenv is: the physical root, as for `boot update`
+PHYSICAL = grubenv.PHYSICAL
 
 
 @dataclass(frozen=True)
@@ -148,20 +146,3 @@ def _verdict(
     grubenv.update(PHYSICAL, **{grubenv.TRIES: "0"})
     actions.append("no tries left: the next boot is the previous deployment")
     return True
-
-
-def health_of(deployment: str, env: dict[str, str], recs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """What status shows of a deployment's health."""
-    rec = dict(recs.get(deployment) or {"state": "unchecked"})
-    if env.get(grubenv.TRY) == deployment:
-        tries = env.get(grubenv.TRIES, "")
-        rec["triesLeft"] = int(tries) if tries.isdigit() else 0
-        if rec["state"] != state.FAILED:
-            rec["state"] = "trying"
-    return rec
-
-
-def statuses(ids: list[str]) -> dict[str, dict[str, Any]]:
-    env = grubenv.read(PHYSICAL) if os.access(PHYSICAL, os.R_OK) else {}
-    recs = state.records()
-    return {i: health_of(i, env, recs) for i in ids}

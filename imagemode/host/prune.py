@@ -12,7 +12,7 @@ from typing import Any
 
 from imagemode.host import bound
 from imagemode.host import sysroot as sr
-from imagemode.store import importer
+from imagemode.store import importer, meta
 from imagemode.store.ostree import Repo
 
 
@@ -52,7 +52,7 @@ def prune_store(sysroot: Any, repo: Repo, objects: bool = True) -> tuple[int, in
     layer_refs = repo.refs(importer.LAYER_REF.rstrip("/"))
     diff_ids: dict[str, list[str]] = {}
     for commit in deployed | set(image_refs.values()):
-        config = json.loads(repo.metadata(commit, importer.META_CONFIG) or "{}")
+        config = json.loads(repo.metadata(commit, meta.CONFIG) or "{}")
         diff_ids[commit] = config.get("rootfs", {}).get("diff_ids", [])
     doomed = refs_to_delete(image_refs, layer_refs, deployed, diff_ids)
     for ref in doomed:

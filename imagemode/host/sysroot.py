@@ -12,7 +12,7 @@ from imagemode.boot import cmdline
 from imagemode.errors import ImagemodeError
 from imagemode.host import origin as origins
 from imagemode.host.status import Deployment
-from imagemode.store import importer
+from imagemode.store import meta
 from imagemode.store.libostree import BindingsMissingError, commit_string, gi, string_metadata
 
 REPO = Path("/sysroot/ostree/repo")
@@ -122,15 +122,15 @@ def describe(sysroot: Any, dep: Any, staged: bool = False) -> Deployment:
     ostree = _ostree()
     csum = dep.get_csum()
     _, commit, _ = sysroot.repo().load_commit(csum)
-    meta = string_metadata(commit)
-    config = json.loads(meta.get(importer.META_CONFIG) or "{}")
+    keys = string_metadata(commit)
+    config = json.loads(keys.get(meta.CONFIG) or "{}")
     return Deployment(
         stateroot=dep.get_osname(),
         checksum=csum,
         serial=dep.get_deployserial(),
-        image=origin_image(dep) or meta.get(importer.META_IMAGE) or "",
-        digest=meta.get(importer.META_DIGEST) or "",
-        version=meta.get(importer.META_VERSION),
+        image=origin_image(dep) or keys.get(meta.IMAGE) or "",
+        digest=keys.get(meta.DIGEST) or "",
+        version=keys.get(meta.VERSION),
         timestamp=ostree.commit_get_timestamp(commit),
         architecture=config.get("architecture", ""),
         pinned=dep.is_pinned(),
@@ -165,7 +165,7 @@ def read_cached_update(booted_digest: str) -> dict[str, Any] | None:
 
 
 def read_status(path: str = "/") -> dict[str, Any]:
-    from imagemode.host.health import statuses
+    from imagemode.health.state import statuses
     from imagemode.host.status import deployment_id, host_status
 
     if not booted_path():

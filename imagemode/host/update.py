@@ -32,12 +32,11 @@ from imagemode.health import config as health_config
 from imagemode.health import state as health_state
 from imagemode.host import bound, etc, origin, prune
 from imagemode.host import sysroot as sr
-from imagemode.host.health import PHYSICAL
 from imagemode.host.status import image_reference
 from imagemode.oci import auth
 from imagemode.oci import policy as policies
 from imagemode.oci.reference import ImageRef, Transport, parse
-from imagemode.store import fetch, importer
+from imagemode.store import fetch, importer, meta
 from imagemode.store.libostree import gi
 from imagemode.store.ostree import Repo
 
@@ -102,9 +101,9 @@ def _same_image(sysroot: Any, dep: Any, remote: fetch.Remote) -> bool:
     if dep is None:
         return False
     csum = dep.get_csum()
-    if sr.commit_meta(sysroot, csum, importer.META_DIGEST) == remote.digest:
+    if sr.commit_meta(sysroot, csum, meta.DIGEST) == remote.digest:
         return True
-    manifest = json.loads(sr.commit_meta(sysroot, csum, importer.META_MANIFEST) or "{}")
+    manifest = json.loads(sr.commit_meta(sysroot, csum, meta.MANIFEST) or "{}")
     return bool(manifest) and manifest.get("config", {}).get("digest") == remote.config_digest
 
 
@@ -187,7 +186,7 @@ def stage(
             sr.DOWNLOAD_ONLY.unlink(missing_ok=True)
         raise
     serial = f"{new.get_csum()}.{new.get_deployserial()}"
-    grubenv.arm(PHYSICAL, serial, tries)
+    grubenv.arm(grubenv.PHYSICAL, serial, tries)
     if hold:
         _write_atomic(sr.DOWNLOAD_ONLY, serial + "\n")
     else:

@@ -240,6 +240,9 @@ def fetch(
     applying the trust policy to it. When every layer is cached the copy is the manifest and config
     alone: the policy is never skipped. `store`: the repository the layers go to, whose free space
     counts in the preflight."""
+    if trust is not None and not trust.policy.exists():
+        # skopeo would say "no such file", which reads like a missing image.
+        raise SignatureError(f"{trust.policy} is missing: skopeo refuses every image without a policy")
     descs = remote.manifest["layers"]
     missing = [(d, i) for d, i in zip(descs, remote.diff_ids, strict=True) if not have_layer(i)]
     total = sum(int(d["size"]) for d, _ in missing)

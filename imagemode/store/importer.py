@@ -24,20 +24,12 @@ from imagemode.errors import ImagemodeError
 from imagemode.oci import manifest as oci_manifest
 from imagemode.oci.policy import Trust
 from imagemode.oci.reference import ImageRef
-from imagemode.store import compose, fetch, layers
+from imagemode.store import compose, fetch, layers, meta
 from imagemode.store.ostree import Repo
 
 REF_NAME = "org.opencontainers.image.ref.name"
 LAYER_REF = "imagemode/layer/"
 IMAGE_REF = "imagemode/image/"
-
-# Commit metadata keys: the contract between the importer and `status`.
-META_IMAGE = "imagemode.image"
-META_DIGEST = "imagemode.manifest-digest"
-META_MANIFEST = "imagemode.manifest"
-META_CONFIG = "imagemode.config"
-META_VERSION = "version"  # ostree's own key: `ostree admin status` prints it
-META_WHITEOUTS = layers.META_WHITEOUTS
 
 
 class ImportError_(ImagemodeError):
@@ -179,18 +171,18 @@ def import_oci(
 def _compose(repo: Repo, img: OciImage, image: str, check_bootable: bool) -> tuple[str, str, str]:
     """The image's tree from its layer commits, committed: (commit, ref, version)."""
     version = img.labels.get("org.opencontainers.image.version", "")
-    meta = {
-        META_IMAGE: image,
-        META_DIGEST: img.manifest_digest,
-        META_MANIFEST: json.dumps(img.manifest, sort_keys=True),
-        META_CONFIG: json.dumps(img.config, sort_keys=True),
+    keys = {
+        meta.IMAGE: image,
+        meta.DIGEST: img.manifest_digest,
+        meta.MANIFEST: json.dumps(img.manifest, sort_keys=True),
+        meta.CONFIG: json.dumps(img.config, sort_keys=True),
     }
     if version:
-        meta[META_VERSION] = version
+        keys[meta.VERSION] = version
     ref = ref_for(image)
     with compose.transaction(repo) as tree:
         for diff_id in img.diff_ids:
-            wh = layers.Whiteouts.from_json(repo.metadata(layer_ref(diff_id), META_WHITEOUTS))
+            wh = layers.Whiteouts.from_json(repo.metadata(layer_ref(diff_id), meta.WHITEOUTS))
             tree.add_layer(layer_ref(diff_id), wh)
         if check_bootable:
             kernels = tree.kernels()
@@ -199,7 +191,7 @@ def _compose(repo: Repo, img: OciImage, image: str, check_bootable: bool) -> tup
                 raise ImportError_(f"{image} is not bootable: {found}; a bootable image carries exactly one")
         tree.ostree_layout()
         subject = f"{image}@{img.manifest_digest}"
-        commit = tree.commit(ref, subject, meta, _epoch(img.config.get("created", "")))
+        commit = tree.commit(ref, subject, keys, _epoch(img.config.get("created", "")))
     return commit, ref, version
 
 
@@ -246,8 +238,8 @@ def import_image(
             )
         ref = ref_for(src)
         commit = repo.resolve(ref)
-        if commit and repo.metadata(commit, META_DIGEST) == remote.digest:
-            version = repo.metadata(commit, META_VERSION) or ""
+        if commit and repo.metadata(commit, meta.DIGEST) == remote.digest:
+            version = repo.metadata(commit, meta.VERSION) or ""
             n = len(remote.diff_ids)
             return ImportResult(
                 commit, ref, src.skopeo, remote.digest, version, n, 0, diff_ids=tuple(remote.diff_ids)

@@ -36,14 +36,13 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from imagemode.errors import ImagemodeError
-from imagemode.store import libostree
+from imagemode.store import libostree, meta
 from imagemode.store.libostree import gi
 from imagemode.store.ostree import Repo
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 XATTR_PREFIX = "SCHILY.xattr."
-META_WHITEOUTS = "imagemode.whiteouts"
 INLINE = 1 << 20  # files up to this size are written from memory in one call, larger ones streamed
 CHUNK = 1 << 20
 # A layer may expand to this many times its compressed size (plus a floor), and never past the free
@@ -337,9 +336,9 @@ def commit_layer(
     try:
         tree, wh = _read(blob, _Objects(handle), cap, digest, diff_id)
         _, root = handle.write_mtree(tree.root, None)
-        meta = g.GLib.Variant("a{sv}", {META_WHITEOUTS: g.GLib.Variant("s", wh.to_json())})
+        keys = g.GLib.Variant("a{sv}", {meta.WHITEOUTS: g.GLib.Variant("s", wh.to_json())})
         _, csum = handle.write_commit_with_time(
-            None, subject or f"layer {diff_id}", None, meta, root, 0, None
+            None, subject or f"layer {diff_id}", None, keys, root, 0, None
         )
         handle.transaction_set_ref(None, ref, csum)
         handle.commit_transaction(None)
