@@ -142,5 +142,13 @@ class CommitReader:
             raise confined.ConfinedError(f"/{rel}: not a regular file in the commit")
         if info.get_size() > limit:
             raise confined.ConfinedError(f"/{rel}: larger than {limit} bytes")
-        _, data, _ = f.load_contents(None)
-        return bytes(data)
+        # A stream, not load_contents(): GIO's load_contents asks the stream for file info, which an
+        # ostree file stream does not give, and logs a GLib-CRITICAL line for each read.
+        stream = f.read(None)
+        chunks: list[bytes] = []
+        try:
+            while chunk := bytes(stream.read_bytes(1 << 20, None).get_data() or b""):
+                chunks.append(chunk)
+        finally:
+            stream.close(None)
+        return b"".join(chunks)
