@@ -42,6 +42,7 @@ VM_TEST_TIMEOUT = 1500  # seconds for one VM test, its module's disk build and f
 _power_ons: collections.Counter[str] = collections.Counter()
 _running: list[str] = [""]  # the module whose test (or fixture) runs now
 _story_failed: dict[str, str] = {}
+_PLAN = pytest.StashKey[tuple[int, dict[str, int]]]()  # (total power-ons, declared per module)
 
 
 _launch: list[Callable[[qemu.VM], qemu.VM]] = []  # the real VM.start (a test of the budget replaces it)
@@ -88,9 +89,6 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if total > POWER_ON_BUDGET:
         shown = ", ".join(f"{m.split('.')[-1]} {n}" for m, n in modules.items())
         raise pytest.UsageError(f"{total} power-ons ({shown}): over the budget of {POWER_ON_BUDGET}")
-
-
-_PLAN = pytest.StashKey[tuple[int, dict[str, int]]]()
 
 
 def pytest_report_collectionfinish(config: pytest.Config) -> str:

@@ -299,7 +299,7 @@ def check_signature_keys(root: Path, labels: Labels) -> list[str]:
         ]
     if enforce and not policies.has_keys(reqs):
         out.append(f"signature enforcement is on, and {POLICY_JSON} requires no signature")
-    elif enforce and all(r["type"] == policies.ACCEPT for r in pol.data["default"]):
+    elif enforce and pol.default_accepts_anything:
         out.append(f"signature enforcement is on, and {POLICY_JSON}'s default accepts any image")
     return out
 

@@ -139,7 +139,7 @@ def build(opts: DiskOptions, progress: Progress) -> DiskResult:
             *cfg.kernel_append,
         ]
         follows = opts.target.skopeo if opts.target else imp.image
-        enforce = _enforce(opts, cfg, repo, imp.commit, parse(follows))
+        enforce = _enforce(opts, cfg, repo, imp.commit, opts.target or parse(imp.image))
         with progress.step(*PLAN[2]):
             sysroot.mkdir()
             deployment = sr.deploy(

@@ -27,8 +27,6 @@ from imagemode.health.checks import Result
 from imagemode.host import sysroot as sr
 from imagemode.host.rollback import reorder
 
-PHYSICAL = grubenv.PHYSICAL
-
 
 @dataclass(frozen=True)
 class Report:
@@ -67,7 +65,7 @@ def _finish_fallback(
         staged = sysroot.get_staged_deployment()
         failed = next((d for d in sysroot.get_deployments() if dep_id(d) == tried), None)
         if failed is None:  # staged and lost to a power cut, or removed: nothing to fall back from
-            grubenv.disarm(PHYSICAL)
+            grubenv.disarm(grubenv.PHYSICAL)
             return ["cleared the counter of a deployment that no longer exists"]
         fell_back = env.get(grubenv.TRIES) == "0" or env.get(grubenv.FALLBACK) == tried
         if sr.same(failed, staged) or not fell_back:
@@ -85,8 +83,8 @@ def _finish_fallback(
         if not sr.same(deps[0], booted):
             sysroot.write_deployments(reorder(deps, booted), None)
             sysroot.load(None)
-        grub.update(PHYSICAL)
-        grubenv.disarm(PHYSICAL)
+        grub.update(grubenv.PHYSICAL)
+        grubenv.disarm(grubenv.PHYSICAL)
     _hooks(checks.RED, cfg, {"IMAGEMODE_HEALTH": "fallback", "IMAGEMODE_FAILED_DEPLOYMENT": tried}, say)
     return [f"fell back from {tried}: marked it failed and made the booted deployment the default"]
 
@@ -98,7 +96,7 @@ def run(boot: bool = False, say: Callable[[Result], None] = lambda r: None) -> R
     sysroot = sr.load()
     booted = sysroot.get_booted_deployment()
     me = dep_id(booted)
-    env = grubenv.read(PHYSICAL)
+    env = grubenv.read(grubenv.PHYSICAL)
     actions = _finish_fallback(env, booted, cfg, say) if boot else []
     results = checks.run_scripts(checks.discover(checks.REQUIRED), cfg, None, say)
     results += checks.run_scripts(checks.discover(checks.WANTED), cfg, None, say)
@@ -130,7 +128,7 @@ def _verdict(
         state.record(me, {"state": state.HEALTHY, "at": at, "image": d.image, "digest": d.digest,
                           "warned": warned})  # fmt: skip
         if counted:
-            grubenv.disarm(PHYSICAL)
+            grubenv.disarm(grubenv.PHYSICAL)
             actions.append("tries cleared: the deployment stays")
         return False
     out = failed.output.strip().splitlines()
@@ -143,6 +141,6 @@ def _verdict(
     })  # fmt: skip
     if not counted:
         return False
-    grubenv.update(PHYSICAL, **{grubenv.TRIES: "0"})
+    grubenv.update(grubenv.PHYSICAL, **{grubenv.TRIES: "0"})
     actions.append("no tries left: the next boot is the previous deployment")
     return True

@@ -24,7 +24,7 @@ from imagemode.errors import ImagemodeError
 from imagemode.oci import manifest as oci_manifest
 from imagemode.oci import policy as policies
 from imagemode.oci import signature
-from imagemode.oci.reference import ReferenceError, Transport, parse
+from imagemode.oci.reference import ImageRef, ReferenceError, Transport, parse
 
 SIGNATURES = "imagemode-signatures.json"
 MAX_SIGNATURES = 16
@@ -37,7 +37,8 @@ class ArchiveError(ImagemodeError):
 @dataclass(frozen=True)
 class Signed:
     digest: str  # the manifest digest the signatures cover
-    identity: str  # the docker reference they sign it as
+    identity: str  # the docker reference they sign it as, as written (standalone-verify matches it)
+    ref: ImageRef  # the same, parsed: its scope in the policy decides
     signatures: tuple[bytes, ...]
 
 
@@ -82,7 +83,7 @@ def _signed(raw: bytes, where: str) -> Signed:
         raise ArchiveError(f"{where}: {SIGNATURES}: the identity is not an image reference") from None
     if ident.transport is not Transport.REGISTRY:
         raise ArchiveError(f"{where}: {SIGNATURES}: the identity must be a registry reference")
-    return Signed(digest, data["identity"], decoded)
+    return Signed(digest, data["identity"], ident, decoded)
 
 
 def read(path: Path) -> Contents:
@@ -144,7 +145,7 @@ def verify(path: Path, trust: policies.Trust) -> str | None:
             f" {contents.manifest_digest} (another image under the same signature?); nothing was staged"
         )
     pol = policies.load(trust.policy)
-    ident = parse(signed.identity)
+    ident = signed.ref
     scope, reqs = pol.requirements(ident)
     if trust.enforce:
         try:

@@ -82,9 +82,13 @@ class Policy:
         scopes = [s for t in self.data.get("transports", {}).values() for s in t.values()]
         return [r for reqs in [self.data["default"], *scopes] for r in reqs]
 
+    @property
+    def default_accepts_anything(self) -> bool:
+        return all(r["type"] == ACCEPT for r in self.data["default"])
+
     def accepts_anything(self, ref: ImageRef) -> str | None:
         """Where the policy would take `ref` unsigned (a short phrase naming the scope), else None."""
-        if all(r["type"] == ACCEPT for r in self.data["default"]):
+        if self.default_accepts_anything:
             return "its default accepts any image"
         scope, reqs = self.requirements(ref)
         if all(r["type"] == ACCEPT for r in reqs):
