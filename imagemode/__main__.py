@@ -1,3 +1,3 @@
-from imagemode.cli import main
+from imagemode.entry import run
 
-raise SystemExit(main())
+raise SystemExit(run())

@@ -297,21 +297,15 @@ def cmd_vm(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from imagemode.host import status as hs
-    from imagemode.host.sysroot import read_status
+    from imagemode.host import status_cache
+    from imagemode.host.sysroot import booted_path, read_status
 
+    fp = status_cache.fingerprint()  # before the read: a change during it makes the next status read again
     st = read_status()
-    if args.booted:
-        st["status"] = {k: v for k, v in st["status"].items() if k in ("booted", "type")}
-    fmt = "json" if args.json else args.format
-    if fmt is None:
-        fmt = "humanreadable" if sys.stdout.isatty() else "yaml"
-    if fmt == "json":
-        _json_out(st)
-    elif fmt == "yaml":
-        sys.stdout.write(hs.to_yaml(st))
-    else:
-        sys.stdout.write(hs.human(st))
+    if booted_path():
+        status_cache.save(fp, st)
+    sys.stdout.write(status_cache.render(st, "json" if args.json else args.format, args.booted,
+                                         sys.stdout.isatty()))  # fmt: skip
     return 0
 
 
@@ -336,6 +330,7 @@ def _reboot() -> None:
 
 def _update(args: argparse.Namespace, image: Any) -> int:
     from imagemode.host import update as up
+    from imagemode.host.decisions import Outcome
     from imagemode.ui import Transfer
 
     if args.apply and getattr(args, "download_only", False):
@@ -355,17 +350,16 @@ def _update(args: argparse.Namespace, image: Any) -> int:
     if args.json:
         _json_out(r.to_dict())
     elif not args.quiet:
-        Out = up.Outcome
         what = f"{r.image} {r.digest}" + (f" (version {r.version})" if r.version else "")
-        if r.outcome is Out.NO_UPDATE:
+        if r.outcome is Outcome.NO_UPDATE:
             print(f"no update available: {what} is booted")
-        elif r.outcome is Out.AVAILABLE:
+        elif r.outcome is Outcome.AVAILABLE:
             print(f"update available: {what}\n  imagemode upgrade stages it")
-        elif r.outcome is Out.RETARGETED:
+        elif r.outcome is Outcome.RETARGETED:
             print(f"{r.image} is the booted image: the device now follows it (no new deployment)")
-        elif r.outcome is Out.ALREADY_STAGED:
+        elif r.outcome is Outcome.ALREADY_STAGED:
             print(f"already staged: {what}; it boots at the next restart")
-        elif r.outcome is Out.FAILED_BEFORE:
+        elif r.outcome is Outcome.FAILED_BEFORE:
             print(f"not staged: {what} failed its health checks here at {r.failed_at}: {r.failed_reason}\n"
                   f"  to allow it again: imagemode health --forget {r.digest}")  # fmt: skip
         else:
@@ -376,12 +370,12 @@ def _update(args: argparse.Namespace, image: Any) -> int:
             print(f"staged {what}\n  {fetched} in {r.seconds:.1f}s")
             if r.refs_removed:
                 print(f"  {r.refs_removed} unused image and layer refs removed; space is freed at next boot")
-            if r.outcome is Out.DOWNLOADED:
+            if r.outcome is Outcome.DOWNLOADED:
                 print("  download only: not applied at shutdown; apply: imagemode upgrade --from-downloaded")
             else:
                 print(f"  it boots at the next restart, with {r.tries} tries to pass its health checks;"
                       " imagemode rollback undoes it")  # fmt: skip
-    if args.apply and r.outcome in (up.Outcome.STAGED, up.Outcome.ALREADY_STAGED):
+    if args.apply and r.outcome in (Outcome.STAGED, Outcome.ALREADY_STAGED):
         _reboot()
     return 0
 

@@ -1,9 +1,41 @@
-"""The CLI as a user meets it: --help everywhere, one-line usage errors, --version."""
+"""The CLI as a user meets it: --help everywhere, one-line usage errors, --version.
+
+main() runs in this process (a child process costs a Python start per case); the first test runs the
+installed entry point as a user would, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
 
 import pytest
 
 import imagemode
-from tests.conftest import imagemode as cli
+from imagemode.cli import main
+from tests.conftest import imagemode as child
+
+
+@dataclass(frozen=True)
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(*args: str, check: bool = True) -> Ran:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(list(args))
+        except SystemExit as e:  # argparse: --help, --version and usage errors
+            rc = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+    ran = Ran(rc, out.getvalue(), err.getvalue())
+    if check and rc != 0:
+        raise AssertionError(f"imagemode {' '.join(args)} exited {rc}:\n{ran.stdout}\n{ran.stderr}")
+    return ran
+
 
 VERBS = [
     ["build", "base"],
@@ -25,7 +57,8 @@ VERBS = [
 ]
 
 
-def test_version() -> None:
+def test_version_from_the_entry_point() -> None:
+    assert child("--version").stdout.strip() == f"imagemode {imagemode.__version__}"
     assert cli("--version").stdout.strip() == f"imagemode {imagemode.__version__}"
 
 

@@ -6,6 +6,10 @@ requires the fleet key for the registry the device follows and for the bundles' 
 registries.d naming the lookaside. The VM boots from it with `snapshot=on`, so the disk file is never
 written. It reaches a registry (10.0.2.100:5000) and the lookaside the signatures are served from
 (10.0.2.100:5003) through guestfwd, and has a second disk holding bundles, the USB stick.
+
+Its one power-on is the suite's read-only boot: every check that only reads a booted device (status,
+the kernel command line, units, the filesystem layout, users, the GRUB menu) runs here first, before
+the signature stories change anything. A new read-only check belongs here, and costs no power-on.
 """
 
 from __future__ import annotations

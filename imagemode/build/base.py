@@ -202,7 +202,7 @@ def write_imagemode_layer(dest: Path, epoch: int) -> Blob:
         bindir = root / "usr/bin"
         bindir.mkdir(parents=True)
         entry = bindir / "imagemode"
-        entry.write_text("#!/usr/bin/python3\nfrom imagemode.cli import main\n\nraise SystemExit(main())\n")
+        entry.write_text("#!/usr/bin/python3\nfrom imagemode.entry import run\n\nraise SystemExit(run())\n")
         entry.chmod(0o755)
         # The device side's units ship with the code that they run, so the two never drift apart.
         units = root / "usr/lib/systemd/system"

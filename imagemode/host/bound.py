@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from imagemode import confined
 from imagemode.boot import replace
 from imagemode.embed import sources
 from imagemode.errors import ImagemodeError
+from imagemode.host import ostree_api as api
 from imagemode.host import sysroot as sr
 from imagemode.oci import storage
 from imagemode.run import RunError, run, which
@@ -81,7 +82,7 @@ def _write_record(refs: list[str]) -> None:
     replace.replace(RECORD, (json.dumps({"pulled": sorted(set(refs))}, indent=2) + "\n").encode())
 
 
-def pull(wanted: list[sources.Wanted], say: Any = lambda s: None) -> list[str]:
+def pull(wanted: list[sources.Wanted], say: Callable[[str], None] = lambda s: None) -> list[str]:
     """Pull every bound image not in storage yet. Returns the references pulled."""
     if not wanted:
         return []
@@ -105,11 +106,11 @@ def pull(wanted: list[sources.Wanted], say: Any = lambda s: None) -> list[str]:
     return pulled
 
 
-def _deployment(sysroot: Any, dep: Any) -> confined.Tree:
+def _deployment(sysroot: api.Sysroot, dep: api.Deployment) -> confined.Tree:
     return confined.Tree(sr.deployment_dir(sysroot, dep))
 
 
-def gc(sysroot: Any) -> list[str]:
+def gc(sysroot: api.Sysroot) -> list[str]:
     """Remove the bound images imagemode pulled that no deployment names any more."""
     recorded = _record()
     if not recorded:

@@ -2,6 +2,9 @@
 
 At every boot `imagemode-health.service` runs `imagemode health --boot`:
 
+0. Bring the GRUB menu in step with ostree's boot entries, should a power cut have come between an
+   update's swap of /boot/loader and the menu's rewrite (docs/boot.md). This runs here, after
+   multi-user.target, rather than in a unit of its own on the way there: one Python start less.
 1. If GRUB fell back (grubenv names a tried deployment with no tries left, and another one is booted),
    make the fallback permanent: the tried deployment is marked failed, the booted one goes first in
    ostree's order, the counter is cleared and red.d runs.
@@ -24,8 +27,10 @@ from typing import Any
 from imagemode.boot import grub, grubenv
 from imagemode.health import checks, config, state
 from imagemode.health.checks import Result
+from imagemode.host import decisions
+from imagemode.host import ostree_api as api
 from imagemode.host import sysroot as sr
-from imagemode.host.rollback import reorder
+from imagemode.host.status import Deployment
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ class Report:
         return d
 
 
-def dep_id(dep: Any) -> str:
+def dep_id(dep: api.Deployment) -> str:
     return f"{dep.get_csum()}.{dep.get_deployserial()}"
 
 
@@ -54,25 +59,38 @@ def _hooks(kind: str, cfg: config.HealthConfig, env: dict[str, str], say: Callab
     checks.run_scripts(checks.discover(kind), cfg, env, say)
 
 
+def _sync_menu() -> list[str]:
+    """Step 0. Returns what was done."""
+    menu = grubenv.PHYSICAL / "boot" / grub.GRUB_CFG
+    before = menu.read_bytes() if menu.exists() else b""
+    grub.update(grubenv.PHYSICAL)
+    if menu.read_bytes() == before:
+        return []
+    return ["rewrote the GRUB menu, which was behind ostree's boot entries"]
+
+
 def _finish_fallback(
-    env: dict[str, str], booted: Any, cfg: config.HealthConfig, say: Callable[[Result], None]
+    env: dict[str, str], booted: api.Deployment, cfg: config.HealthConfig, say: Callable[[Result], None]
 ) -> list[str]:
     """Step 1. Returns what was done."""
     tried = env.get(grubenv.TRY)
     if not tried or tried == dep_id(booted):
-        return []
+        return []  # the common boot: nothing counted, or the counted one is booted (no lock needed)
     with sr.locked() as sysroot:
         staged = sysroot.get_staged_deployment()
-        failed = next((d for d in sysroot.get_deployments() if dep_id(d) == tried), None)
-        if failed is None:  # staged and lost to a power cut, or removed: nothing to fall back from
+        by_id = {dep_id(d): d for d in sysroot.get_deployments()}
+        facts = decisions.BootFacts(
+            booted=dep_id(booted), deployments=tuple(by_id), staged=dep_id(staged) if staged else None,
+            tried=tried, tries_left=env.get(grubenv.TRIES), fell_back_from=env.get(grubenv.FALLBACK),
+        )  # fmt: skip
+        what = decisions.fallback(facts)
+        if what is decisions.Fallback.LOST:
             grubenv.disarm(grubenv.PHYSICAL)
             return ["cleared the counter of a deployment that no longer exists"]
-        fell_back = env.get(grubenv.TRIES) == "0" or env.get(grubenv.FALLBACK) == tried
-        if sr.same(failed, staged) or not fell_back:
-            return []  # armed for a deployment that is not the default yet: not ours to touch
-        deps = [d for d in sysroot.get_deployments() if not sr.same(d, staged)]
+        if what is decisions.Fallback.NONE:
+            return []
         old = state.records().get(tried, {})
-        d = sr.describe(sysroot, failed)
+        d = sr.describe(sysroot, by_id[tried])
         reason = old.get("reason") if old.get("state") == state.FAILED else None
         state.record(tried, {
             "state": state.FAILED, "at": state.now(), "image": d.image, "digest": d.digest,
@@ -80,8 +98,9 @@ def _finish_fallback(
                                 "its checks passed",
             "check": old.get("check"), "failed": old.get("failed", []), "fellBack": True,
         })  # fmt: skip
-        if not sr.same(deps[0], booted):
-            sysroot.write_deployments(reorder(deps, booted), None)
+        order = decisions.fallback_order(facts)
+        if order is not None:
+            sysroot.write_deployments([by_id[i] for i in order], None)
             sysroot.load(None)
         grub.update(grubenv.PHYSICAL)
         grubenv.disarm(grubenv.PHYSICAL)
@@ -94,10 +113,10 @@ def run(boot: bool = False, say: Callable[[Result], None] = lambda r: None) -> R
     sr.require_booted()
     cfg = config.load()
     sysroot = sr.load()
-    booted = sysroot.get_booted_deployment()
+    booted = sr.booted(sysroot)
     me = dep_id(booted)
     env = grubenv.read(grubenv.PHYSICAL)
-    actions = _finish_fallback(env, booted, cfg, say) if boot else []
+    actions = [*_sync_menu(), *_finish_fallback(env, booted, cfg, say)] if boot else []
     results = checks.run_scripts(checks.discover(checks.REQUIRED), cfg, None, say)
     results += checks.run_scripts(checks.discover(checks.WANTED), cfg, None, say)
     for r in checks.unit_checks():
@@ -120,27 +139,33 @@ def run(boot: bool = False, say: Callable[[Result], None] = lambda r: None) -> R
 
 
 def _verdict(
-    me: str, d: Any, results: list[Result], failed: Result | None, counted: bool, at: str, actions: list[str]
+    me: str,
+    d: Deployment,
+    results: list[Result],
+    failed: Result | None,
+    counted: bool,
+    at: str,
+    actions: list[str],
 ) -> bool:
     """Step 3: record the verdict and act on the counter. Returns whether to reboot."""
     warned = [r.name for r in results if r.status == checks.WARNED]
     if failed is None:
         state.record(me, {"state": state.HEALTHY, "at": at, "image": d.image, "digest": d.digest,
                           "warned": warned})  # fmt: skip
-        if counted:
-            grubenv.disarm(grubenv.PHYSICAL)
-            actions.append("tries cleared: the deployment stays")
-        return False
-    out = failed.output.strip().splitlines()
-    state.record(me, {
-        "state": state.FAILED, "at": at, "image": d.image, "digest": d.digest,
-        "reason": f"{failed.kind} check {failed.name} failed ({failed.reason})"
-                  + (f": {out[-1][:200]}" if out else ""),
-        "check": failed.name, "warned": warned,
-        "failed": [r.to_dict() for r in results if r.status == checks.FAILED],
-    })  # fmt: skip
-    if not counted:
-        return False
-    grubenv.update(grubenv.PHYSICAL, **{grubenv.TRIES: "0"})
-    actions.append("no tries left: the next boot is the previous deployment")
-    return True
+    else:
+        out = failed.output.strip().splitlines()
+        state.record(me, {
+            "state": state.FAILED, "at": at, "image": d.image, "digest": d.digest,
+            "reason": f"{failed.kind} check {failed.name} failed ({failed.reason})"
+                      + (f": {out[-1][:200]}" if out else ""),
+            "check": failed.name, "warned": warned,
+            "failed": [r.to_dict() for r in results if r.status == checks.FAILED],
+        })  # fmt: skip
+    v = decisions.verdict(failed is None, counted)
+    if v.disarm:
+        grubenv.disarm(grubenv.PHYSICAL)
+        actions.append("tries cleared: the deployment stays")
+    if v.spend_tries:
+        grubenv.update(grubenv.PHYSICAL, **{grubenv.TRIES: "0"})
+        actions.append("no tries left: the next boot is the previous deployment")
+    return v.reboot

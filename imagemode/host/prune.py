@@ -11,12 +11,13 @@ import json
 from typing import Any
 
 from imagemode.host import bound
+from imagemode.host import ostree_api as api
 from imagemode.host import sysroot as sr
 from imagemode.store import importer, meta
 from imagemode.store.ostree import Repo
 
 
-def drop_extra_deployments(sysroot: Any) -> int:
+def drop_extra_deployments(sysroot: api.Sysroot) -> int:
     """Undeploy all but the booted, rollback and staged deployments (pinned ones stay). Returns how many."""
     keep = [sysroot.get_booted_deployment(), sysroot.get_staged_deployment(), sr.rollback_of(sysroot)]
     deps = list(sysroot.get_deployments())
@@ -40,7 +41,7 @@ def refs_to_delete(
     return doomed + [r for r in layer_refs if r not in needed]
 
 
-def prune_store(sysroot: Any, repo: Repo, objects: bool = True) -> tuple[int, int]:
+def prune_store(sysroot: api.Sysroot, repo: Repo, objects: bool = True) -> tuple[int, int]:
     """Remove what no deployment needs. Returns (refs removed, bytes freed as `ostree prune` counts).
 
     objects=False only deletes the refs and leaves a marker: pruning walks every object of the store

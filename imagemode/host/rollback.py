@@ -9,10 +9,13 @@ first. A staged deployment is discarded either way.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 from imagemode.errors import ImagemodeError
+from imagemode.host import ostree_api as api
 from imagemode.host import sysroot as sr
+
+D = TypeVar("D", bound=api.Deployment)
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,7 @@ class RollbackResult:
     discarded_staged: bool
 
 
-def reorder(deployments: list[Any], booted: Any) -> list[Any]:
+def reorder(deployments: list[D], booted: D) -> list[D]:
     """The new order of the (non-staged) deployments."""
     if not deployments:
         raise ImagemodeError("no deployments")
@@ -39,7 +42,7 @@ def reorder(deployments: list[Any], booted: Any) -> list[Any]:
 def rollback() -> RollbackResult:
     sr.require_booted()
     with sr.locked() as sysroot:
-        booted = sysroot.get_booted_deployment()
+        booted = sr.booted(sysroot)
         staged = sysroot.get_staged_deployment()
         deps = [d for d in sysroot.get_deployments() if not sr.same(d, staged)]
         new = reorder(deps, booted)

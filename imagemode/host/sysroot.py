@@ -6,11 +6,12 @@ import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from imagemode.boot import cmdline
 from imagemode.errors import ImagemodeError
 from imagemode.host import origin as origins
+from imagemode.host import ostree_api as api
 from imagemode.host.status import Deployment
 from imagemode.store import meta
 from imagemode.store.libostree import BindingsMissingError, commit_string, gi, string_metadata
@@ -47,15 +48,22 @@ def require_booted() -> None:
         raise NotADeviceError("this system was not booted from an ostree deployment (no /run/ostree-booted)")
 
 
-def load(path: str = "/") -> Any:
+def load(path: str = "/") -> api.Sysroot:
     ostree = _ostree()
-    sysroot = ostree.Sysroot.new(gi().Gio.File.new_for_path(path))
+    sysroot = cast(api.Sysroot, ostree.Sysroot.new(gi().Gio.File.new_for_path(path)))
     sysroot.load(None)
     return sysroot
 
 
+def booted(sysroot: api.Sysroot) -> api.Deployment:
+    dep = sysroot.get_booted_deployment()
+    if dep is None:
+        raise NotADeviceError("ostree finds no booted deployment in this sysroot")
+    return dep
+
+
 @contextlib.contextmanager
-def locked(path: str = "/") -> Iterator[Any]:
+def locked(path: str = "/") -> Iterator[api.Sysroot]:
     """The loaded sysroot, with ostree's sysroot lock held: one update at a time, timer or not."""
     sysroot = load(path)
     _, acquired = sysroot.try_lock()
@@ -68,11 +76,11 @@ def locked(path: str = "/") -> Iterator[Any]:
         sysroot.unlock()
 
 
-def commit_meta(sysroot: Any, csum: str, key: str) -> str | None:
+def commit_meta(sysroot: api.Sysroot, csum: str, key: str) -> str | None:
     return commit_string(sysroot.repo(), csum, key)
 
 
-def _origin_text(dep: Any) -> str | None:
+def _origin_text(dep: api.Deployment | None) -> str | None:
     kf = dep.get_origin() if dep is not None else None
     if kf is None:
         return None
@@ -80,29 +88,29 @@ def _origin_text(dep: Any) -> str | None:
     return str(text)
 
 
-def origin_image(dep: Any) -> str | None:
+def origin_image(dep: api.Deployment | None) -> str | None:
     """The image a deployment follows, from its origin file."""
     text = _origin_text(dep)
     return origins.image_of(text) if text is not None else None
 
 
-def origin_signed(dep: Any) -> bool:
+def origin_signed(dep: api.Deployment | None) -> bool:
     """Whether the deployment's updates must be signed (bootc's ostree-image-signed: origin)."""
     text = _origin_text(dep)
     return text is not None and origins.is_signed(text)
 
 
-def deployment_dir(sysroot: Any, dep: Any) -> Path:
+def deployment_dir(sysroot: api.Sysroot, dep: api.Deployment) -> Path:
     return Path(sysroot.get_path().get_path()) / str(sysroot.get_deployment_dirpath(dep))
 
 
-def kargs_of(dep: Any) -> list[str]:
+def kargs_of(dep: api.Deployment) -> list[str]:
     bootconfig = dep.get_bootconfig()
     options = bootconfig.get("options") if bootconfig is not None else None
     return cmdline.split(options) if options else []
 
 
-def same(a: Any, b: Any) -> bool:
+def same(a: api.Deployment | None, b: api.Deployment | None) -> bool:
     return (
         a is not None
         and b is not None
@@ -111,14 +119,14 @@ def same(a: Any, b: Any) -> bool:
     )
 
 
-def download_only(dep: Any) -> bool:
+def download_only(dep: api.Deployment) -> bool:
     try:
         return DOWNLOAD_ONLY.read_text().strip() == f"{dep.get_csum()}.{dep.get_deployserial()}"
     except FileNotFoundError:
         return False
 
 
-def describe(sysroot: Any, dep: Any, staged: bool = False) -> Deployment:
+def describe(sysroot: api.Sysroot, dep: api.Deployment, staged: bool = False) -> Deployment:
     ostree = _ostree()
     csum = dep.get_csum()
     _, commit, _ = sysroot.repo().load_commit(csum)
@@ -139,7 +147,7 @@ def describe(sysroot: Any, dep: Any, staged: bool = False) -> Deployment:
     )
 
 
-def rollback_of(sysroot: Any) -> Any:
+def rollback_of(sysroot: api.Sysroot) -> api.Deployment | None:
     """The deployment a rollback would boot: the first one after the booted one, else the first."""
     booted = sysroot.get_booted_deployment()
     staged = sysroot.get_staged_deployment()
@@ -147,7 +155,7 @@ def rollback_of(sysroot: Any) -> Any:
     return rest[0] if rest else None
 
 
-def rollback_queued(sysroot: Any) -> bool:
+def rollback_queued(sysroot: api.Sysroot) -> bool:
     """The next boot takes the first deployment: when it is neither booted nor staged, a rollback waits."""
     booted = sysroot.get_booted_deployment()
     staged = sysroot.get_staged_deployment()

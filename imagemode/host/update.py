@@ -15,7 +15,6 @@ Until step 4 nothing but the store has changed; a failure anywhere leaves the bo
 
 from __future__ import annotations
 
-import enum
 import json
 import os
 import shutil
@@ -24,14 +23,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from imagemode.boot import grubenv, kargs
 from imagemode.errors import ImagemodeError
 from imagemode.health import config as health_config
 from imagemode.health import state as health_state
-from imagemode.host import bound, etc, origin, prune
+from imagemode.host import bound, decisions, etc, origin, prune
+from imagemode.host import ostree_api as api
 from imagemode.host import sysroot as sr
+from imagemode.host.decisions import Outcome
 from imagemode.host.status import image_reference
 from imagemode.oci import auth
 from imagemode.oci import policy as policies
@@ -39,16 +40,6 @@ from imagemode.oci.reference import ImageRef, Transport, parse
 from imagemode.store import fetch, importer, meta
 from imagemode.store.libostree import gi
 from imagemode.store.ostree import Repo
-
-
-class Outcome(enum.StrEnum):
-    NO_UPDATE = "no-update"  # the image is the booted one
-    AVAILABLE = "update-available"  # --check found a new one
-    ALREADY_STAGED = "already-staged"
-    STAGED = "staged"
-    DOWNLOADED = "downloaded"  # staged, but not to be finalized at shutdown
-    RETARGETED = "retargeted"  # switch to the booted image under another name: origin rewritten only
-    FAILED_BEFORE = "failed-before"  # the image failed its health checks here: not staged again
 
 
 class EtcConflictError(ImagemodeError):
@@ -87,7 +78,7 @@ class UpdateResult:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
 
-def followed_image(sysroot: Any) -> ImageRef:
+def followed_image(sysroot: api.Sysroot) -> ImageRef:
     """The image the device follows: the staged deployment's, else the booted one's."""
     dep = sysroot.get_staged_deployment() or sysroot.get_booted_deployment()
     image = sr.origin_image(dep)
@@ -96,7 +87,7 @@ def followed_image(sysroot: Any) -> ImageRef:
     return parse(image)
 
 
-def _same_image(sysroot: Any, dep: Any, remote: fetch.Remote) -> bool:
+def _same_image(sysroot: api.Sysroot, dep: api.Deployment | None, remote: fetch.Remote) -> bool:
     """The same manifest, or the same config: an image pushed again with other compression is the same."""
     if dep is None:
         return False
@@ -126,19 +117,19 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _unlock_download(staged: Any) -> None:
+def _unlock_download(staged: api.Deployment) -> None:
     if sr.download_only(staged):
         sr.DOWNLOAD_ONLY.unlink()
 
 
-def _keyfile(text: str) -> Any:
+def _keyfile(text: str) -> api.KeyFile:
     GLib = gi().GLib
     kf = GLib.KeyFile()
     kf.load_from_data(text, len(text.encode()), GLib.KeyFileFlags.NONE)
-    return kf
+    return cast(api.KeyFile, kf)
 
 
-def check_etc(sysroot: Any, repo: Repo, booted: Any, commit: str, work: Path) -> None:
+def check_etc(sysroot: api.Sysroot, repo: Repo, booted: api.Deployment, commit: str, work: Path) -> None:
     new_etc = work / "new-etc"
     repo.checkout_subpath(commit, "usr/etc", new_etc)  # no /etc in the image: nothing can clash
     old_etc = sr.deployment_dir(sysroot, booted) / "usr/etc"
@@ -151,7 +142,7 @@ def check_etc(sysroot: Any, repo: Repo, booted: Any, commit: str, work: Path) ->
         )
 
 
-def new_kargs(sysroot: Any, repo: Repo, merge: Any, commit: str) -> list[str]:
+def new_kargs(sysroot: api.Sysroot, repo: Repo, merge: api.Deployment, commit: str) -> list[str]:
     new = kargs.commit_kargs(repo, commit)  # the new image's kargs.d must be right, or nothing is staged
     try:
         old_image = kargs.commit_kargs(repo, merge.get_csum())
@@ -162,10 +153,10 @@ def new_kargs(sysroot: Any, repo: Repo, merge: Any, commit: str) -> list[str]:
 
 
 def stage(
-    sysroot: Any,
+    sysroot: api.Sysroot,
     commit: str,
     target: ImageRef,
-    merge: Any,
+    merge: api.Deployment,
     args: list[str],
     hold: bool,
     tries: int,
@@ -214,7 +205,7 @@ def _update(opts: UpdateOptions, on_bytes: fetch.OnBytes | None, say: Callable[[
     sr.require_booted()
     t0 = time.monotonic()
     with sr.locked() as sysroot:
-        booted = sysroot.get_booted_deployment()
+        booted = sr.booted(sysroot)
         staged = sysroot.get_staged_deployment()
         target = opts.image or followed_image(sysroot)
         if opts.from_downloaded:
@@ -241,38 +232,39 @@ def _update(opts: UpdateOptions, on_bytes: fetch.OnBytes | None, say: Callable[[
         def said(outcome: Outcome, staged: str = "") -> UpdateResult:
             return UpdateResult(outcome, target.skopeo, remote.digest, remote.version, staged=staged)
 
-        failed = health_state.failed_image(remote.digest)
-        if failed is not None and not _same_image(sysroot, booted, remote):
+        plan = decisions.plan_update(decisions.UpdateFacts(
+            booted_is_it=_same_image(sysroot, booted, remote),
+            booted_follows_it=booted_image == target.skopeo and sr.origin_signed(booted) == enforce,
+            staged=staged is not None,
+            staged_is_it=_same_image(sysroot, staged, remote) and sr.origin_image(staged) == target.skopeo
+            and sr.origin_signed(staged) == enforce,
+            failed_here=health_state.failed_image(remote.digest) is not None,
+            check=opts.check,
+            download_only=opts.download_only,
+        ))  # fmt: skip
+        if plan.drop_staged and staged is not None:
+            sysroot.write_deployments([d for d in sysroot.get_deployments() if not sr.same(d, staged)], None)
+            sr.DOWNLOAD_ONLY.unlink(missing_ok=True)
+        if plan.outcome is Outcome.FAILED_BEFORE:
+            failed = health_state.failed_image(remote.digest) or {}
             return UpdateResult(
                 Outcome.FAILED_BEFORE, target.skopeo, remote.digest, remote.version,
                 failed_at=failed.get("at", ""), failed_reason=failed.get("reason", ""),
             )  # fmt: skip
-        if opts.check:
-            if _same_image(sysroot, booted, remote):
+        if plan.outcome is Outcome.RETARGETED:
+            sysroot.write_origin_file(booted, _keyfile(origin.origin(target.skopeo, enforce)), None)
+        if plan.outcome not in (Outcome.STAGED, Outcome.DOWNLOADED):
+            if plan.cached_update is True:
+                _write_atomic(sr.CACHED_UPDATE, json.dumps(_image_status(remote)) + "\n")
+            elif plan.cached_update is False:
                 sr.CACHED_UPDATE.unlink(missing_ok=True)
-                return said(Outcome.NO_UPDATE)
-            _write_atomic(sr.CACHED_UPDATE, json.dumps(_image_status(remote)) + "\n")
-            return said(Outcome.AVAILABLE)
-        if _same_image(sysroot, booted, remote):
-            if staged is not None:  # back to the booted image: drop what is staged
-                sysroot.write_deployments(
-                    [d for d in sysroot.get_deployments() if not sr.same(d, staged)], None
-                )
-                sr.DOWNLOAD_ONLY.unlink(missing_ok=True)
-            if booted_image != target.skopeo or sr.origin_signed(booted) != enforce:
-                sysroot.write_origin_file(booted, _keyfile(origin.origin(target.skopeo, enforce)), None)
-                return said(Outcome.RETARGETED)
-            sr.CACHED_UPDATE.unlink(missing_ok=True)
-            return said(Outcome.NO_UPDATE)
-        if (
-            _same_image(sysroot, staged, remote)
-            and sr.origin_image(staged) == target.skopeo
-            and sr.origin_signed(staged) == enforce
-        ):
-            if not opts.download_only:
-                _unlock_download(staged)
-            d = sr.describe(sysroot, staged, staged=True)
-            return said(Outcome.ALREADY_STAGED, f"{d.checksum}.{d.serial}")
+            if plan.outcome is Outcome.ALREADY_STAGED:
+                assert staged is not None
+                if plan.unlock_download:
+                    _unlock_download(staged)
+                d = sr.describe(sysroot, staged, staged=True)
+                return said(plan.outcome, f"{d.checksum}.{d.serial}")
+            return said(plan.outcome)
         tries = health_config.load().tries  # a broken health.toml stops the update before it starts
         repo = Repo(sr.REPO)
         sr.WORK.mkdir(parents=True, exist_ok=True)
@@ -285,7 +277,7 @@ def _update(opts: UpdateOptions, on_bytes: fetch.OnBytes | None, say: Callable[[
             )  # fmt: skip
             check_etc(sysroot, repo, booted, imp.commit, work)
             bound.pull(bound.in_commit(repo, imp.commit), say)
-            merge = sysroot.get_merge_deployment(origin.STATEROOT)
+            merge = sysroot.get_merge_deployment(origin.STATEROOT) or booted
             args = new_kargs(sysroot, repo, merge, imp.commit)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -296,7 +288,7 @@ def _update(opts: UpdateOptions, on_bytes: fetch.OnBytes | None, say: Callable[[
         sysroot.load(None)
         refs_removed, _ = prune.prune_store(sysroot, repo, objects=False)
         return UpdateResult(
-            Outcome.DOWNLOADED if opts.download_only else Outcome.STAGED,
+            plan.outcome,
             target.skopeo,
             imp.manifest_digest,
             remote.version,
