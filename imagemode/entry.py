@@ -1,8 +1,9 @@
 """The `imagemode` command (/usr/bin/imagemode and `python3 -m imagemode`).
 
-`imagemode status` is what agents, health checks and people call most, so its plain forms are
-answered from imagemode.host.status_cache when that holds them, before the CLI and libostree's
-bindings are imported (a second under emulation). Everything else goes to imagemode.cli.
+`imagemode status` and `imagemode health --show --json` are what agents, health checks and people
+call most, so they are answered before the CLI and libostree's bindings are imported (a second under
+emulation): status from imagemode.host.status_cache when that holds it, the last health run from its
+record. Everything else, and every error, goes to imagemode.cli.
 """
 
 from __future__ import annotations
@@ -19,6 +20,26 @@ def run() -> int:
         if out is not None:
             sys.stdout.write(out)
             return 0
+    if argv[:1] == ["health"] and sorted(argv[1:]) == ["--json", "--show"]:
+        rc = _last_health()
+        if rc is not None:
+            return rc
     from imagemode.cli import main
 
     return main(argv)
+
+
+def _last_health() -> int | None:
+    """`health --show --json`: the last run's record as the CLI prints it; None when there is none."""
+    import json
+    import os
+
+    if not os.path.exists("/run/ostree-booted"):
+        return None
+    from imagemode.health import state
+
+    rep = state.last()
+    if not rep:
+        return None  # the CLI says that no check has run yet
+    print(json.dumps(rep, indent=2))
+    return 0 if rep.get("healthy") else 1

@@ -28,7 +28,7 @@ def device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "ostree/deploy/default/deploy").mkdir(parents=True)
     (tmp_path / "ostree/deploy/default/deploy/old.0.origin").write_text("o")
     monkeypatch.setattr(sc, "WATCHED", tuple(watched))
-    monkeypatch.setattr(sc, "DEPLOY_DIRS", str(tmp_path / "ostree/deploy/*/deploy"))
+    monkeypatch.setattr(sc, "STATEROOTS", str(tmp_path / "ostree/deploy"))
     monkeypatch.setattr(sc, "CACHE", str(tmp_path / "run/imagemode/status.json"))
     return tmp_path
 
@@ -78,9 +78,17 @@ def test_a_change_during_the_read_is_seen_next_time(device: Path) -> None:
 
 def test_a_broken_or_foreign_cache_is_ignored(device: Path) -> None:
     Path(sc.CACHE).parent.mkdir(parents=True, exist_ok=True)
-    for text in ("{", "[]", json.dumps({"fingerprint": sc.fingerprint(), "status": "x"})):
+    fp = sc.fingerprint()
+    for text in ("{", f"{sc.MAGIC}\n{fp}\n[]", f"another format\n{fp}\n{{}}", f"{sc.MAGIC}\n{fp}\n{{"):
         Path(sc.CACHE).write_text(text)
-        assert sc.load(sc.fingerprint()) is None
+        assert sc.load(fp) is None
+
+
+def test_the_json_form_is_kept_as_printed(device: Path) -> None:
+    """`status --json` is answered with the kept text itself, byte for byte what the CLI prints."""
+    fp = sc.fingerprint()
+    sc.save(fp, STATUS)
+    assert sc.load_text(fp) == json.dumps(STATUS, indent=2) + "\n"
 
 
 def test_an_unwritable_cache_is_not_an_error(device: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,18 +13,21 @@ the CLI, not the reading. Every input of the answer changes a file that `stat` s
 So the status that reads libostree also writes /run/imagemode/status.json, with the fingerprint of
 those files taken *before* it read them. A later status whose fingerprint matches prints that answer
 and imports nothing else. A change during the read leaves a fingerprint that no longer matches, and
-the next status reads again. Only the standard library's os and json are imported here: this module
-runs before the CLI is loaded (imagemode.entry).
+the next status reads again. The file keeps the fingerprint on its first line and then the status
+exactly as `--json` prints it, so that the commonest call, `status --json`, imports nothing but os;
+the other forms parse it with json. This module runs before the CLI is loaded (imagemode.entry).
 """
 
 from __future__ import annotations
 
-import glob
-import json
 import os
-from typing import Any
+
+TYPE_CHECKING = False  # typing's import costs a tenth of a second under emulation; mypy reads the name
+if TYPE_CHECKING:
+    from typing import Any
 
 CACHE = "/run/imagemode/status.json"
+MAGIC = "imagemode status cache 1"
 FORMATS = ("humanreadable", "yaml", "json")
 # What status reads, or the files whose replacement marks a change of it (see above).
 WATCHED = (
@@ -36,58 +39,75 @@ WATCHED = (
     "/var/lib/imagemode/cached-update.json",
     "/var/lib/imagemode/health/deployments.json",
 )
-# The deploy directories (a deployment added or removed) and each origin, by inode: ostree replaces an
-# origin by rename, and a directory's mtime alone could miss two changes within one clock tick.
-DEPLOY_DIRS = "/sysroot/ostree/deploy/*/deploy"
-ORIGINS = "*.origin"
+# Each stateroot's deploy directory (a deployment added or removed) and each origin in it, by inode:
+# ostree replaces an origin by rename, and a directory's mtime alone could miss two changes within one
+# clock tick. (os.listdir rather than glob, whose imports cost more than the rest of this module.)
+STATEROOTS = "/sysroot/ostree/deploy"
 
 
-def _stat(path: str) -> list[Any]:
+def _stat(path: str) -> str:
     try:
         st = os.lstat(path)
     except OSError:
-        return [path, None]
-    link = os.readlink(path) if os.path.islink(path) else None
-    return [path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, link]
+        return f"{path!r} -"
+    link = os.readlink(path) if os.path.islink(path) else ""
+    return f"{path!r} {st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {link!r}"
 
 
-def fingerprint() -> list[Any]:
+def _names(directory: str) -> list[str]:
+    try:
+        return sorted(os.listdir(directory))
+    except OSError:
+        return []
+
+
+def fingerprint() -> str:
+    """One line: the boot, this code's location (another imagemode, on PYTHONPATH, answers for
+    itself) and the stat of every watched file."""
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
             boot = f.read().strip()
     except OSError:
         boot = ""
-    here = os.path.dirname(os.path.abspath(__file__))  # another imagemode (PYTHONPATH) answers for itself
-    dirs = sorted(glob.glob(DEPLOY_DIRS))
-    paths = [*WATCHED, *dirs, *(o for d in dirs for o in sorted(glob.glob(os.path.join(d, ORIGINS))))]
-    return [boot, here, *(_stat(p) for p in paths)]
+    paths = [*WATCHED]
+    for stateroot in _names(STATEROOTS):
+        deploy = os.path.join(STATEROOTS, stateroot, "deploy")
+        paths += [deploy, *(os.path.join(deploy, n) for n in _names(deploy) if n.endswith(".origin"))]
+    parts = [boot, repr(os.path.dirname(os.path.abspath(__file__))), *(_stat(p) for p in paths)]
+    return " | ".join(parts)
 
 
-def load(fp: list[Any]) -> dict[str, Any] | None:
-    """The cached status, if it was read in the state `fp` describes."""
+def load_text(fp: str) -> str | None:
+    """The cached status as `--json` prints it, if it was read in the state `fp` describes."""
     try:
-        with open(CACHE) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
+        with open(CACHE, encoding="utf-8") as f:
+            magic, kept, text = f.readline(), f.readline(), f.read()
+    except (OSError, UnicodeDecodeError):
         return None
-    if (
-        not isinstance(data, dict)
-        or data.get("fingerprint") != fp
-        or not isinstance(data.get("status"), dict)
-    ):
+    if magic != MAGIC + "\n" or kept != fp + "\n" or not text.startswith("{"):
         return None
-    status: dict[str, Any] = data["status"]
-    return status
+    return text
 
 
-def save(fp: list[Any], status: dict[str, Any]) -> None:
+def load(fp: str) -> dict[str, Any] | None:
+    import json
+
+    text = load_text(fp)
+    try:
+        status = json.loads(text) if text is not None else None
+    except ValueError:
+        return None
+    return status if isinstance(status, dict) else None
+
+
+def save(fp: str, status: dict[str, Any]) -> None:
     """Best effort: a status that cannot be kept (not root, /run full) is read again next time."""
     tmp = f"{CACHE}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(CACHE), mode=0o755, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"fingerprint": fp, "status": status}, f)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"{MAGIC}\n{fp}\n{render(status, 'json', False, tty=False)}")
         os.replace(tmp, CACHE)
     except OSError:
         try:
@@ -121,6 +141,8 @@ def render(status: dict[str, Any], fmt: str | None, booted: bool, tty: bool) -> 
         status = {**status, "status": {k: v for k, v in status["status"].items() if k in ("booted", "type")}}
     fmt = fmt or ("humanreadable" if tty else "yaml")
     if fmt == "json":
+        import json
+
         return json.dumps(status, indent=2) + "\n"
     from imagemode.host import status as hs
 
@@ -132,5 +154,7 @@ def answer(argv: list[str], tty: bool) -> str | None:
     parsed = parse(argv)
     if parsed is None or not os.path.exists("/run/ostree-booted"):
         return None
+    if parsed == ("json", False):
+        return load_text(fingerprint())  # as kept: no parsing, and no json module
     status = load(fingerprint())
     return None if status is None else render(status, *parsed, tty)

@@ -44,6 +44,7 @@ def copy(
     checked: bool = False,  # imagemode checked the source's signatures itself (a signed bundle)
     sign_by: str | None = None,  # a GPG fingerprint: sign at the destination (its lookaside)
     sign_identity: str | None = None,  # the reference signed (default: the destination's)
+    compress_level: int | None = None,  # gzip level of the layers it compresses (skopeo's default: 6)
 ) -> None:
     s = src.skopeo if isinstance(src, ImageRef) else src
     d = dest.skopeo if isinstance(dest, ImageRef) else dest
@@ -58,6 +59,8 @@ def copy(
         cmd.append(f"--sign-identity={sign_identity}")
     if preserve_digests:
         cmd.append("--preserve-digests")
+    if compress_level is not None:
+        cmd.append(f"--dest-compress-level={compress_level}")
     if not src_tls_verify:
         cmd.append("--src-tls-verify=false")
     if not dest_tls_verify:

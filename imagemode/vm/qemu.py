@@ -241,7 +241,7 @@ class VM:
             self.kill()
             raise VMError(f"no {waiting_for} after {timeout:.0f}s (last: {last})")
 
-    def wait_ssh(self, timeout: float = 600, poll: float = 2.0) -> float:
+    def wait_ssh(self, timeout: float = 600, poll: float = 1.0) -> float:
         """Wait until SSH runs a command. Returns the seconds it took; stops early on a failed boot.
         `poll`: the pause between attempts (each one costs the guest a little CPU)."""
         t0 = time.monotonic()
