@@ -13,7 +13,6 @@ from imagemode.host.decisions import (
     UpdatePlan,
     Verdict,
     fallback,
-    fallback_order,
     plan_update,
     verdict,
 )
@@ -104,13 +103,6 @@ V1, V2, V3 = "aaa.0", "bbb.0", "ccc.0"
 )
 def test_fallback(f: BootFacts, want: Fallback) -> None:
     assert fallback(f) is want
-
-
-def test_fallback_order_puts_the_booted_deployment_first() -> None:
-    assert fallback_order(BootFacts(V1, (V2, V1, V3), tried=V2)) == (V1, V2, V3)
-    assert fallback_order(BootFacts(V1, (V1, V2), tried=V2)) is None  # already first
-    # the staged deployment is not part of the order write_deployments takes
-    assert fallback_order(BootFacts(V1, (V3, V2, V1), staged=V3, tried=V2)) == (V1, V2)
 
 
 @pytest.mark.parametrize(

@@ -90,15 +90,6 @@ def fallback(f: BootFacts) -> Fallback:
     return Fallback.NONE
 
 
-def fallback_order(f: BootFacts) -> tuple[str, ...] | None:
-    """After a fallback, the booted deployment goes first (the staged one is not in ostree's list for
-    write_deployments); None when it already is."""
-    deps = tuple(d for d in f.deployments if d != f.staged)
-    if deps and deps[0] == f.booted:
-        return None
-    return (f.booted, *(d for d in deps if d != f.booted))
-
-
 @dataclass(frozen=True)
 class Verdict:
     disarm: bool  # clear the boot counter: the deployment stays

@@ -30,6 +30,7 @@ from imagemode.health.checks import Result
 from imagemode.host import decisions
 from imagemode.host import ostree_api as api
 from imagemode.host import sysroot as sr
+from imagemode.host.rollback import reorder
 from imagemode.host.status import Deployment
 
 
@@ -98,9 +99,9 @@ def _finish_fallback(
                                 "its checks passed",
             "check": old.get("check"), "failed": old.get("failed", []), "fellBack": True,
         })  # fmt: skip
-        order = decisions.fallback_order(facts)
-        if order is not None:
-            sysroot.write_deployments([by_id[i] for i in order], None)
+        deps = [d for d in sysroot.get_deployments() if not sr.same(d, staged)]
+        if not sr.same(deps[0], booted):
+            sysroot.write_deployments(reorder(deps, booted), None)
             sysroot.load(None)
         grub.update(grubenv.PHYSICAL)
         grubenv.disarm(grubenv.PHYSICAL)

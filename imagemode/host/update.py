@@ -232,21 +232,21 @@ def _update(opts: UpdateOptions, on_bytes: fetch.OnBytes | None, say: Callable[[
         def said(outcome: Outcome, staged: str = "") -> UpdateResult:
             return UpdateResult(outcome, target.skopeo, remote.digest, remote.version, staged=staged)
 
+        failed = health_state.failed_image(remote.digest)
         plan = decisions.plan_update(decisions.UpdateFacts(
             booted_is_it=_same_image(sysroot, booted, remote),
             booted_follows_it=booted_image == target.skopeo and sr.origin_signed(booted) == enforce,
             staged=staged is not None,
             staged_is_it=_same_image(sysroot, staged, remote) and sr.origin_image(staged) == target.skopeo
             and sr.origin_signed(staged) == enforce,
-            failed_here=health_state.failed_image(remote.digest) is not None,
+            failed_here=failed is not None,
             check=opts.check,
             download_only=opts.download_only,
         ))  # fmt: skip
         if plan.drop_staged and staged is not None:
             sysroot.write_deployments([d for d in sysroot.get_deployments() if not sr.same(d, staged)], None)
             sr.DOWNLOAD_ONLY.unlink(missing_ok=True)
-        if plan.outcome is Outcome.FAILED_BEFORE:
-            failed = health_state.failed_image(remote.digest) or {}
+        if plan.outcome is Outcome.FAILED_BEFORE and failed is not None:
             return UpdateResult(
                 Outcome.FAILED_BEFORE, target.skopeo, remote.digest, remote.version,
                 failed_at=failed.get("at", ""), failed_reason=failed.get("reason", ""),
