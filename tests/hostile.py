@@ -57,6 +57,10 @@ class Layer:
     diff_id: str  # what the config claims
     media_type: str = "application/vnd.oci.image.layer.v1.tar"
 
+    @property
+    def digest(self) -> str:
+        return sha(self.blob)
+
     @classmethod
     def of(cls, tar: bytes, gz: bool = False) -> Layer:
         if gz:

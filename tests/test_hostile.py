@@ -1,7 +1,9 @@
 """The hostile corpus (tests/hostile.py) through the code paths that meet it for real.
 
-- The importer on a real ostree repo, fed through skopeo from an oci-archive: the path `switch
-  --transport oci-archive` takes with a USB bundle (and, from skopeo on, `upgrade` from a registry).
+- The importer on a real ostree repo, fed from an oci-archive: the path `switch --transport
+  oci-archive` takes with a USB bundle (imagemode.oci.archive reads the tar; `upgrade` from a
+  registry meets the same importer through skopeo).
+- Archives that lie about their own entries: links, sizes, missing blobs.
 - `read_layout`, the boundary where a layout's own JSON is checked.
 - `imagemode embed` and `imagemode disk`'s user set-up, on trees that carry hostile links.
 
@@ -11,10 +13,12 @@ new object, commit or ref. Each refusal is one line, which the test asserts.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
-from collections.abc import Iterator
+import tarfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -60,7 +64,7 @@ def assert_clean(repo: Repo, refs: list[str], count: int) -> None:
 
 
 def import_archive(img: Image, tmp: Path, repo: Repo, work: Path) -> importer.ImportResult:
-    """As `switch --transport oci-archive` does: skopeo reads the bundle, the importer commits it."""
+    """As `switch --transport oci-archive` does: the bundle's blobs are read, the importer commits them."""
     path = img.archive(tmp / f"bundle-{len(list(tmp.glob('bundle-*')))}.tar")
     return importer.import_image(
         repo, ImageRef(Transport.OCI_ARCHIVE, path=str(path)), work, check_bootable=True
@@ -119,6 +123,89 @@ def test_a_lying_diff_id_does_not_poison_the_cache(store: tuple[Repo, Path, Path
     assert repo.resolve(importer.layer_ref(hostile.sha(honest))) is None
 
 
+# --- archives that lie about their own entries ---------------------------------------------------------
+
+
+def rewrite_archive(
+    path: Path,
+    name: str,
+    make: Callable[[tarfile.TarInfo, bytes], tuple[tarfile.TarInfo, bytes] | None],
+    out: Path,
+) -> Path:
+    """A copy of the archive in which member `name` becomes what `make` returns (None: dropped)."""
+    with tarfile.open(path) as src, tarfile.open(out, "w") as dst:
+        for m in src.getmembers():
+            f = src.extractfile(m) if m.isreg() else None
+            body = f.read() if f else b""
+            made = make(m, body) if m.name == name else (m, body)
+            if made is not None:
+                dst.addfile(made[0], io.BytesIO(made[1]) if made[0].isreg() else None)
+    return out
+
+
+def as_link(kind: bytes, target: str) -> Callable[[tarfile.TarInfo, bytes], tuple[tarfile.TarInfo, bytes]]:
+    def make(m: tarfile.TarInfo, _: bytes) -> tuple[tarfile.TarInfo, bytes]:
+        info = tarfile.TarInfo(m.name)
+        info.type, info.linkname = kind, target
+        return info, b""
+
+    return make
+
+
+def truncated(m: tarfile.TarInfo, body: bytes) -> tuple[tarfile.TarInfo, bytes]:
+    m.size = len(body) - 1
+    return m, body[:-1]
+
+
+def test_archive_entries_that_lie_are_refused(store: tuple[Repo, Path, Path], tmp_path: Path) -> None:
+    """A blob that is a symlink or a hard link (to the sentinel, outside), a blob shorter than its
+    descriptor, a blob missing: each refused in one line, before the importer reads a byte of it."""
+    repo, work, sentinel = store
+    layer = Layer.of(hostile.tar_bytes([("dir", "usr"), ("file", "usr/a", b"a\n")]))
+    plain = Image([layer]).archive(tmp_path / "plain.tar")
+    name = f"blobs/sha256/{layer.digest[7:]}"
+    cases = {
+        "symlink": (as_link(tarfile.SYMTYPE, str(sentinel / "secret")), "is not a regular file"),
+        "hardlink": (as_link(tarfile.LNKTYPE, "index.json"), "is not a regular file"),
+        "short": (
+            truncated,
+            f"has {len(layer.blob) - 1} bytes, not the {len(layer.blob)} of its descriptor",
+        ),
+        "missing": (lambda m, b: None, f"the blob {layer.digest} is missing"),
+    }
+    refs, count = repo.refs(), objects(repo)
+    for case, (make, message) in cases.items():
+        bad = rewrite_archive(plain, name, make, tmp_path / f"{case}.tar")
+        with pytest.raises(ImagemodeError) as e:
+            importer.import_image(repo, ImageRef(Transport.OCI_ARCHIVE, path=str(bad)), work)
+        assert message in one_line(e.value), case
+        assert_clean(repo, refs, count)
+    assert not any(work.iterdir()), "a refused bundle left its layout behind"
+
+
+def test_a_bundle_is_read_for_its_missing_layers_only(
+    store: tuple[Repo, Path, Path], tmp_path: Path
+) -> None:
+    """After v1, the v2 bundle's shared layer is never read: an archive without its bytes imports,
+    and one image of several is picked by its tag."""
+    repo, work, _ = store
+    base = Layer.of(hostile.tar_bytes([("dir", "usr"), ("file", "usr/base", b"base\n")]))
+    top = Layer.of(hostile.tar_bytes([("dir", "etc"), ("file", "etc/v2", b"v2\n")]))
+    importer.import_image(
+        repo, ImageRef(Transport.OCI_ARCHIVE, path=str(Image([base]).archive(tmp_path / "v1.tar"))), work
+    )
+    v2 = Image([base, top]).archive(tmp_path / "v2.tar", tag="v2")
+    hollow = rewrite_archive(
+        v2, f"blobs/sha256/{base.digest[7:]}", lambda m, b: None, tmp_path / "hollow.tar"
+    )
+    res = importer.import_image(repo, ImageRef(Transport.OCI_ARCHIVE, path=str(hollow), tag="v2"), work)
+    assert (res.layers_total, res.layers_imported) == (2, 1)
+    assert res.bytes_fetched == len(top.blob) + len(json.dumps(hostile.config([base.diff_id, top.diff_id])))
+    with pytest.raises(ImagemodeError) as e:
+        importer.import_image(repo, ImageRef(Transport.OCI_ARCHIVE, path=str(v2), tag="v3"), work)
+    assert "expected one image tagged v3 in the archive, found 0" in one_line(e.value)
+
+
 @pytest.mark.parametrize(
     "case,blob,message",
     [
@@ -156,8 +243,8 @@ def test_malformed_manifests_are_one_line(
 
 
 def refused_at_both_doors(img: Image, message: str, store: tuple[Repo, Path, Path], tmp_path: Path) -> None:
-    """At the boundary of a layout (read_layout), with `message`; and through skopeo as a bundle,
-    where skopeo may refuse it first, in its own words: one line either way, and a clean store."""
+    """At the boundary of a layout (read_layout), and as a bundle: `message`, one line, either way,
+    and a clean store."""
     repo, work, _ = store
     img.write(tmp_path / "layout")
     with pytest.raises(ImagemodeError) as e:
@@ -166,7 +253,7 @@ def refused_at_both_doors(img: Image, message: str, store: tuple[Repo, Path, Pat
     refs, count = repo.refs(), objects(repo)
     with pytest.raises(ImagemodeError) as e2:
         import_archive(img, tmp_path, repo, work)
-    one_line(e2.value)
+    assert message in one_line(e2.value)
     assert_clean(repo, refs, count)
 
 

@@ -196,7 +196,7 @@ def test_tampered_bundles_are_refused_before_anything_is_imported(site: Site, tm
     by_other = signed_bundle(tmp_path, Image([BASE, V3]), site.other)
     as_other = signed_bundle(tmp_path, Image([V3]), site.owner, identity="registry.example.com/elsewhere:1")
     cases = {
-        byte: "does not match expected sha256:",
+        byte: "is missing or does not match its digest",
         other: "the bundle's signatures are for sha256:",
         unsigned: "the bundle is not signed, and this device only takes signed images",
         by_other: f"not signed by a key that {trust.policy} trusts for registry.example.com/fleet/os"
@@ -219,6 +219,22 @@ def test_unsigned_bundle_without_enforce_follows_the_oci_archive_scope(site: Sit
     strict = site.trust(signing.policy({}))  # default reject, no oci-archive scope
     with pytest.raises(fetch.SignatureError, match="rejects every image"):
         import_(ImageRef(Transport.OCI_ARCHIVE, path=str(path)), strict, tmp_path)
+    keyed = site.trust(
+        json.dumps(
+            {
+                "default": [{"type": "reject"}],
+                "transports": {
+                    "oci-archive": {
+                        str(tmp_path): [
+                            {"type": "signedBy", "keyType": "GPGKeys", "keyPath": str(site.owner.public)}
+                        ]
+                    }
+                },
+            }
+        )
+    )
+    with pytest.raises(fetch.SignatureError, match=r"trusts for .*plain.tar \(signature missing"):
+        import_(ImageRef(Transport.OCI_ARCHIVE, path=str(path)), keyed, tmp_path)
 
 
 def test_a_missing_policy_is_named(site: Site, tmp_path: Path) -> None:

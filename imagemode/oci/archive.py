@@ -1,11 +1,19 @@
-"""A bundle (an oci-archive) and the signature it carries, read before skopeo unpacks anything.
+"""A bundle (an oci-archive): its image, the signature it carries, and the blobs an import needs.
 
 An oci-archive is a tar of an OCI layout. `imagemode bundle --sign-by` adds one entry, SIGNATURES,
 that no OCI tool reads: the manifest digest, the identity it is signed as (a docker reference, as
 for a registry) and GPG signatures over both (imagemode.oci.signature). The device checks them
 against the keys its policy gives that identity, then imports the archive only if its manifest is
-the signed one. Everything here comes from whoever handed over the file: entries are looked up by
-exact name and only regular files are read, each within a size limit.
+the signed one.
+
+imagemode reads the archive itself rather than through skopeo, which unpacks the whole tar (700 MB
+for an OS) to a temporary directory on every inspect and copy: an update that changes one layer
+reads one layer's bytes from the USB stick. The policy's oci-archive scope is applied here, as
+containers/image applies it to a transport with no signatures of its own.
+
+Everything here comes from whoever handed over the file: entries are looked up by exact name and
+only regular files are read, each within a size limit (a layer: exactly the size its descriptor
+gives, and the importer checks both of its digests).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import io
 import json
 import tarfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,18 +58,40 @@ class Contents:
     signed: Signed | None
 
 
-def _member(tar: tarfile.TarFile, name: str, limit: int, where: str) -> bytes | None:
+REF_NAME = "org.opencontainers.image.ref.name"
+CHUNK = 1 << 20
+
+
+def _entry(tar: tarfile.TarFile, name: str, where: str) -> tarfile.TarInfo | None:
     try:
-        info = tar.getmember(name)
+        info = tar.getmember(name)  # the last of that name, as an unpacking tar would leave it
     except KeyError:
         return None
     if not info.isreg():
         raise ArchiveError(f"{where}: {name} is not a regular file")
+    return info
+
+
+def _member(tar: tarfile.TarFile, name: str, limit: int, where: str) -> bytes | None:
+    info = _entry(tar, name, where)
+    if info is None:
+        return None
     if info.size > limit:
         raise ArchiveError(f"{where}: {name} has more than the {limit} bytes it may have")
     f = tar.extractfile(info)
     assert f is not None  # a regular member always has a file
     return f.read(limit + 1)
+
+
+def blob_name(digest: str) -> str:
+    return f"blobs/sha256/{digest.removeprefix('sha256:')}"
+
+
+def _open(path: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(path, "r:")
+    except (tarfile.TarError, OSError) as e:
+        raise ArchiveError(f"{path}: not a readable tar archive ({e})") from None
 
 
 def _signed(raw: bytes, where: str) -> Signed:
@@ -86,28 +117,94 @@ def _signed(raw: bytes, where: str) -> Signed:
     return Signed(digest, data["identity"], ident, decoded)
 
 
-def read(path: Path) -> Contents:
-    """The archive's one manifest (checked against its digest) and its signatures, if any."""
+def _small_blob(tar: tarfile.TarFile, digest: str, what: str, where: str) -> bytes:
+    raw = _member(tar, blob_name(digest), oci_manifest.MAX_JSON, where)
+    if raw is None or "sha256:" + hashlib.sha256(raw).hexdigest() != digest:
+        raise ArchiveError(f"{where}: the {what} {digest} is missing or does not match its digest")
+    return raw
+
+
+def read(path: Path, tag: str | None = None) -> Contents:
+    """The archive's one image (or the one tagged `tag`): its manifest, checked against its digest,
+    and its signatures, if any."""
     where = str(path)
     try:
-        with tarfile.open(path, "r:") as tar:
+        with _open(path) as tar:
             index = _member(tar, "index.json", oci_manifest.MAX_JSON, where)
             if index is None:
                 raise ArchiveError(f"{where}: not an oci-archive (no index.json)")
             entries = oci_manifest.index(index, f"{where}: index.json")
+            if tag is not None:
+                entries = [m for m in entries if (m.get("annotations") or {}).get(REF_NAME) == tag]
             if len(entries) != 1:
-                raise ArchiveError(f"{where}: expected one image in the archive, found {len(entries)}")
+                tagged = f" tagged {tag}" if tag is not None else ""
+                found = len(entries)
+                raise ArchiveError(f"{where}: expected one image{tagged} in the archive, found {found}")
             digest = entries[0]["digest"]
-            blob = f"blobs/sha256/{digest.removeprefix('sha256:')}"
-            raw = _member(tar, blob, oci_manifest.MAX_JSON, where)
-            if raw is None or "sha256:" + hashlib.sha256(raw).hexdigest() != digest:
-                raise ArchiveError(f"{where}: the manifest {digest} is missing or does not match its digest")
+            raw = _small_blob(tar, digest, "manifest", where)
             sig = _member(tar, SIGNATURES, 1 << 20, where)
     except (tarfile.TarError, OSError) as e:
         raise ArchiveError(f"{where}: not a readable tar archive ({e})") from None
     except oci_manifest.ManifestError as e:
         raise ArchiveError(str(e)) from None
     return Contents(digest, raw, _signed(sig, where) if sig is not None else None)
+
+
+def config(path: Path, digest: str) -> bytes:
+    """The config blob `digest`, checked against it."""
+    try:
+        with _open(path) as tar:
+            return _small_blob(tar, digest, "config", str(path))
+    except (tarfile.TarError, OSError) as e:
+        raise ArchiveError(f"{path}: not a readable tar archive ({e})") from None
+
+
+def extract(
+    path: Path, blobs: Iterable[tuple[str, int]], layout: Path, on_chunk: Callable[[int], None] | None = None
+) -> None:
+    """Copy each blob (digest, size) from the archive into the OCI layout at `layout`, by its exact
+    name; each must be a regular file of exactly its size. `on_chunk` hears the bytes as they go."""
+    where = str(path)
+    try:
+        with _open(path) as tar:
+            for digest, size in blobs:
+                name = blob_name(digest)
+                info = _entry(tar, name, where)
+                if info is None:
+                    raise ArchiveError(f"{where}: the blob {digest} is missing")
+                if info.size != size:
+                    raise ArchiveError(
+                        f"{where}: the blob {digest} has {info.size} bytes, not the {size} of its descriptor"
+                    )
+                src = tar.extractfile(info)
+                assert src is not None  # a regular member always has a file
+                dest = layout / name  # the name is a checked digest: no path of the archive's
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with open(dest, "wb") as out:
+                    while chunk := src.read(CHUNK):
+                        try:
+                            out.write(chunk)
+                        except OSError as e:
+                            raise ArchiveError(f"cannot write into {layout} ({e.strerror})") from None
+                        if on_chunk is not None:
+                            on_chunk(len(chunk))
+    except (tarfile.TarError, OSError) as e:
+        raise ArchiveError(f"{where}: cannot read the blobs ({e})") from None
+
+
+def admit_unsigned(ref: ImageRef, trust: policies.Trust) -> None:
+    """Apply the policy to an archive that carries no signatures, as skopeo would: its oci-archive
+    scope (by path) must accept any image."""
+    pol = policies.load(trust.policy)
+    scope, reqs = pol.requirements(ref)
+    types = {str(r["type"]) for r in reqs}
+    if policies.REJECT in types:
+        raise ArchiveError(f"{trust.policy} rejects every image from {ref.path} ({scope!r})")
+    if types != {policies.ACCEPT}:
+        raise ArchiveError(
+            f"not signed by a key that {trust.policy} trusts for {ref.path} (signature missing;"
+            " sign it with imagemode bundle --sign-by)"
+        )
 
 
 def _keys(pol: policies.Policy, reqs: list[dict[str, Any]]) -> list[bytes]:
@@ -126,11 +223,11 @@ def _keys(pol: policies.Policy, reqs: list[dict[str, Any]]) -> list[bytes]:
     return keys
 
 
-def verify(path: Path, trust: policies.Trust) -> str | None:
+def verify(path: Path, trust: policies.Trust, tag: str | None = None) -> str | None:
     """Check a bundle against the device's policy before anything is imported. Returns the manifest
     digest its signatures cover (the import must then be that manifest), or None for an unsigned
-    bundle, which the policy's oci-archive scope then decides, as skopeo applies it."""
-    contents = read(path)
+    bundle, which the policy's oci-archive scope then decides (admit_unsigned)."""
+    contents = read(path, tag)
     signed = contents.signed
     if signed is None:
         if trust.enforce:

@@ -1,14 +1,18 @@
 """Read an image's manifest and config without its layers, then copy only the layers the store lacks.
 
-skopeo does the transport work (registry, oci, oci-archive, containers-storage, with auth.json and
+skopeo does the transport work (registry, oci, containers-storage, with auth.json and
 registries.conf). Layers the store already has become sparse placeholder files in the OCI layout that
 skopeo writes into: its oci destination sees that a blob exists and does not fetch it, and the importer
 never reads a layer whose commit it has. So an update that changes one layer downloads one layer.
+
+A bundle (oci-archive) is read by imagemode.oci.archive instead, which takes only the blobs that are
+missing out of the tar, where skopeo would unpack all of it for each inspect and copy.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -22,7 +26,7 @@ from typing import Any
 from imagemode.errors import ImagemodeError
 from imagemode.oci import archive, storage
 from imagemode.oci import manifest as oci_manifest
-from imagemode.oci.policy import Trust
+from imagemode.oci.policy import PolicyError, Trust
 from imagemode.oci.reference import ImageRef, Transport
 from imagemode.run import RunError, disk_watchdog
 
@@ -133,13 +137,9 @@ def inspect(
 
     A device says which registries speak plain HTTP in registries.conf; `tls_verify=False` is for
     callers that cannot write it (tests on a build host)."""
+    if ref.transport is Transport.OCI_ARCHIVE:
+        return _inspect_archive(ref, trust or Trust())
     where = ref.skopeo
-    signed = None
-    if ref.transport is Transport.OCI_ARCHIVE and trust is not None:
-        try:
-            signed = archive.verify(Path(ref.path), trust)
-        except archive.ArchiveError as e:
-            raise SignatureError(str(e)) from None
     try:
         raw = storage.inspect_raw(ref, authfile=authfile, tls_verify=tls_verify)
         source = ref
@@ -153,8 +153,6 @@ def inspect(
             raw = storage.inspect_raw(source, authfile=authfile, tls_verify=tls_verify)
             if _sha256(raw) != found:
                 raise FetchError(f"{where}: the registry sent a manifest that is not {found}")
-        if signed is not None and _sha256(raw) != signed:
-            raise SignatureError(f"{where}: the archive changed after its signature was checked")
         if ref.transport is Transport.REGISTRY:
             source = ImageRef(ref.transport, name=ref.name, digest=_sha256(raw))
         manifest = oci_manifest.manifest(raw, f"{where}: manifest")
@@ -166,7 +164,30 @@ def inspect(
         raise explain(ref, e) from None
     except oci_manifest.ManifestError as e:
         raise FetchError(str(e)) from None
-    return Remote(ref, source, _sha256(raw), manifest, config, tls_verify, signed is not None)
+    return Remote(ref, source, _sha256(raw), manifest, config, tls_verify)
+
+
+def _inspect_archive(ref: ImageRef, trust: Trust) -> Remote:
+    """A bundle's manifest and config, read from the tar; its signatures checked first."""
+    path = Path(ref.path)
+    try:
+        signed = archive.verify(path, trust, ref.tag)
+    except archive.ArchiveError as e:
+        raise SignatureError(str(e)) from None
+    try:
+        contents = archive.read(path, ref.tag)
+        if signed is not None and contents.manifest_digest != signed:
+            raise SignatureError(f"{ref.skopeo}: the archive changed after its signature was checked")
+        if oci_manifest.is_index(oci_manifest.load(contents.manifest, f"{ref.skopeo}: manifest")):
+            raise FetchError(f"{ref.skopeo}: a manifest list; bundle one platform's image")
+        manifest = oci_manifest.manifest(contents.manifest, f"{ref.skopeo}: manifest")
+        cfg_raw = archive.config(path, manifest["config"]["digest"])
+        config = oci_manifest.config(cfg_raw, len(manifest["layers"]), f"{ref.skopeo}: config")
+    except archive.ArchiveError as e:
+        raise FetchError(str(e)) from None
+    except oci_manifest.ManifestError as e:
+        raise FetchError(str(e)) from None
+    return Remote(ref, ref, contents.manifest_digest, manifest, config, signed_bundle=signed is not None)
 
 
 def _blob_path(layout: Path, digest: str) -> Path:
@@ -227,6 +248,67 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+def _from_archive(
+    remote: Remote,
+    missing: list[dict[str, Any]],
+    layout: Path,
+    total: int,
+    on_bytes: OnBytes | None,
+    trust: Trust,
+) -> None:
+    """The layout of a bundle's image: its manifest, config and missing layers, out of the tar. The
+    policy decides an unsigned bundle here, where skopeo's copy would have."""
+    path = Path(remote.ref.path)
+    try:
+        if not remote.signed_bundle:
+            archive.admit_unsigned(remote.ref, trust)
+    except archive.ArchiveError as e:
+        raise SignatureError(str(e)) from None
+    except PolicyError as e:
+        raise SignatureError(str(e)) from None
+    done = 0
+    last = time.monotonic()
+    t0 = last
+
+    def heard(n: int) -> None:
+        nonlocal done, last
+        done += n
+        if on_bytes is not None and time.monotonic() - last >= 1:
+            last = time.monotonic()
+            on_bytes(done, total, last - t0)
+
+    cfg = remote.manifest["config"]["digest"]
+    try:
+        archive.extract(path, [(d["digest"], int(d["size"])) for d in missing], layout, heard)
+        contents = archive.read(path, remote.ref.tag)
+        if contents.manifest_digest != remote.digest:
+            raise FetchError(
+                f"{remote.ref.skopeo}: the archive changed while it was read (its manifest is now"
+                f" {contents.manifest_digest}, not {remote.digest}); nothing was imported"
+            )
+        manifest = contents.manifest
+        (layout / archive.blob_name(remote.digest)).write_bytes(manifest)
+        (layout / archive.blob_name(cfg)).write_bytes(archive.config(path, cfg))
+    except archive.ArchiveError as e:
+        raise FetchError(str(e)) from None
+    except OSError as e:
+        raise FetchError(f"cannot write into {layout} ({e.strerror})") from None
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": remote.manifest.get("mediaType", oci_manifest.MEDIA_OCI_MANIFEST),
+                "digest": remote.digest,
+                "size": len(manifest),
+                "annotations": {archive.REF_NAME: "image"},
+            }
+        ],
+    }
+    (layout / "index.json").write_text(json.dumps(index))
+    if on_bytes is not None:
+        on_bytes(total, total, time.monotonic() - t0)
+
+
 def fetch(
     remote: Remote,
     have_layer: Callable[[str], bool],
@@ -256,8 +338,15 @@ def fetch(
             blob.parent.mkdir(parents=True, exist_ok=True)
             with open(blob, "wb") as f:
                 f.truncate(int(desc["size"]))
-    full = disk_watchdog(work)
     t0 = time.monotonic()
+    if remote.ref.transport is Transport.OCI_ARCHIVE:
+        try:
+            _from_archive(remote, [d for d, _ in missing], layout, total, on_bytes, trust or Trust())
+        except FetchError:
+            shutil.rmtree(layout, ignore_errors=True)
+            raise
+        return Fetched(layout, len(missing), total + int(remote.manifest["config"]["size"]))
+    full = disk_watchdog(work)
 
     def watch() -> str | None:
         if on_bytes is not None:
