@@ -39,8 +39,9 @@ sys.path.insert(0, str(ROOT))
 
 from imagemode.build.containerfile import isolation  # noqa: E402
 from imagemode.disk.image import tree_size  # noqa: E402
-from imagemode.embed import layer, store  # noqa: E402
+from imagemode.embed import store  # noqa: E402
 from imagemode.embed.sources import Wanted, qualify  # noqa: E402
+from imagemode.oci.layout import write_layer  # noqa: E402
 from imagemode.vm.registry import Registry  # noqa: E402
 
 RUNTIME = "localhost/imagemode-bench/runtime:1"
@@ -92,7 +93,7 @@ def layer_gzip_size(tree: Path, work: Path) -> int:
     """Bytes of `tree` as a gzip-compressed image layer: what a registry stores and a device downloads
     for it (hard links stay links, as in any layer tar)."""
     tar = work / "layer.tar"
-    layer.write_tar(tree, tar)
+    write_layer(tree, tar, 0)
     sh("gzip", "-6", "-f", str(tar))
     size = (work / "layer.tar.gz").stat().st_size
     (work / "layer.tar.gz").unlink()

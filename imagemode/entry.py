@@ -31,8 +31,8 @@ def run() -> int:
 
 def _last_health() -> int | None:
     """`health --show --json`: the last run's record as the CLI prints it; None when there is none."""
-    import json
     import os
+    from types import SimpleNamespace
 
     if not os.path.exists("/run/ostree-booted"):
         return None
@@ -41,5 +41,8 @@ def _last_health() -> int | None:
     rep = state.last()
     if not rep:
         return None  # the CLI says that no check has run yet
-    print(json.dumps(rep, indent=2))
-    return 0 if rep.get("healthy") else 1
+    from imagemode.output import emit
+
+    shown = state.Run(rep)
+    emit(shown, SimpleNamespace(json=True))
+    return shown.exit_code

@@ -1,6 +1,7 @@
 """The one place that spawns external programs.
 
-Every tool (mmdebstrap, podman, skopeo, ostree, qemu, ...) is called through `run()`. It logs the command,
+Every tool (mmdebstrap, podman, skopeo, ostree, ...) is called through `run()`, and what keeps running
+(QEMU, the test registry) is started by `spawn()`, which `run()` is built on. It logs the command,
 captures or streams the output, keeps the tail of stderr, and turns a failure into a `RunError` that
 carries the command and that tail. No shell strings: arguments are always a list.
 """
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from imagemode.errors import ImagemodeError
 
@@ -130,6 +131,38 @@ def _pump(
     stream.close()
 
 
+Stream = int | IO[Any] | None  # what Popen takes for stdin, stdout, stderr
+
+
+def spawn(
+    cmd: Sequence[PathString],
+    *,
+    stdin: Stream = subprocess.DEVNULL,
+    stdout: Stream = subprocess.PIPE,
+    stderr: Stream = subprocess.PIPE,
+    env: Mapping[str, str] | None = None,
+    cwd: PathString | None = None,
+    text: bool = False,
+) -> subprocess.Popen[Any]:
+    """Start `cmd` and return it running, logged as `run()` logs: for what outlives one call (QEMU, a
+    registry), and for run() itself. env: variables added to the current environment."""
+    argv = [os.fspath(c) for c in cmd]
+    log.debug("run: %s", redacted(argv))
+    try:
+        return subprocess.Popen(
+            argv,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            env={**os.environ, **(env or {})},
+            cwd=os.fspath(cwd) if cwd is not None else None,
+            text=text,
+            errors="replace" if text else None,
+        )
+    except FileNotFoundError as e:
+        raise ToolMissingError(argv[0]) from e
+
+
 def run(
     cmd: Sequence[PathString],
     *,
@@ -152,10 +185,6 @@ def run(
       tools hang rather than fail when their disk fills (apt-get does), so long steps watch the disk.
     """
     argv = [os.fspath(c) for c in cmd]
-    log.debug("run: %s", redacted(argv))
-    full_env = dict(os.environ)
-    if env:
-        full_env.update(env)
     stdout_lines: list[str] = []
     tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
 
@@ -163,19 +192,8 @@ def run(
         log.debug("  %s: %s", Path(argv[0]).name, line)
 
     sink = on_line or logline
-    try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=full_env,
-            cwd=os.fspath(cwd) if cwd is not None else None,
-            text=True,
-            errors="replace",
-        )
-    except FileNotFoundError as e:
-        raise ToolMissingError(argv[0]) from e
+    stdin = subprocess.PIPE if input is not None else subprocess.DEVNULL
+    proc = spawn(argv, stdin=stdin, env=env, cwd=cwd, text=True)
     assert proc.stdout is not None and proc.stderr is not None
     threads = [
         threading.Thread(target=_pump, args=(proc.stdout, stdout_lines, None, None if capture else sink)),

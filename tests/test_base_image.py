@@ -119,7 +119,7 @@ def test_plan_lists_packages_and_steps(base_image: dict[str, str]) -> None:
     assert plan["os_layer_cached"] is True
     assert len(plan["packages"]) == base_image["packages"]
     assert [s["name"] for s in plan["steps"]][:3] == ["resolve", "bootstrap", "verify"]
-    human = imagemode("build", "base", "--plan").stdout
+    human = imagemode("-v", "build", "base", "--plan").stdout  # -v before the verb, as a user types it
     assert f"{len(plan['packages'])} packages, " in human
 
 

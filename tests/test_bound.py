@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from imagemode import confined
+from imagemode.embed import bound as bound_images
 from imagemode.host import bound
 from imagemode.host import sysroot as sysroot_mod
 from imagemode.store.ostree import Repo
@@ -19,7 +20,7 @@ def tree(root: Path, images: dict[str, str], relative: bool = False) -> Path:
     """A deployment tree binding `images` (file name: reference) through quadlet .image files."""
     q = root / "usr/share/containers/systemd"
     q.mkdir(parents=True, exist_ok=True)
-    d = root / bound.BOUND_D
+    d = root / bound_images.BOUND_D
     d.mkdir(parents=True, exist_ok=True)
     for name, ref in images.items():
         (q / name).write_text(f"[Image]\nImage={ref}\n")
@@ -35,13 +36,16 @@ def tree(root: Path, images: dict[str, str], relative: bool = False) -> Path:
 def test_bound_images_are_read_through_absolute_and_relative_links(tmp_path: Path) -> None:
     root = tree(tmp_path / "a", {"tool.image": "registry.example.com/edge/tool:1"})
     tree(root, {"db.image": "quay.io/x/db@sha256:" + "a" * 64}, relative=True)
-    (root / bound.BOUND_D / "README").write_text("not a quadlet: ignored\n")
-    found = bound.in_tree(confined.Tree(root))
+    (root / bound_images.BOUND_D / "README").write_text("not a quadlet: ignored\n")
+    found = bound_images.in_tree(confined.Tree(root))
     db = "quay.io/x/db@sha256:" + "a" * 64
     assert [str(w.ref) for w in found] == [db, "registry.example.com/edge/tool:1"]
-    assert [w.source for w in found] == [f"/{bound.BOUND_D}/db.image", f"/{bound.BOUND_D}/tool.image"]
+    assert [w.source for w in found] == [
+        f"/{bound_images.BOUND_D}/db.image",
+        f"/{bound_images.BOUND_D}/tool.image",
+    ]
     (tmp_path / "empty").mkdir()
-    assert bound.in_tree(confined.Tree(tmp_path / "empty")) == []
+    assert bound_images.in_tree(confined.Tree(tmp_path / "empty")) == []
 
 
 def test_bound_images_are_read_from_a_commit(tmp_path: Path) -> None:
@@ -50,18 +54,20 @@ def test_bound_images_are_read_from_a_commit(tmp_path: Path) -> None:
     tree(tmp_path / "tree", {"db.image": "registry.example.com/edge/db:2"}, relative=True)
     repo = Repo(tmp_path / "repo").ensure()
     commit = repo.commit(tmp_path / "tree", "test")
-    refs = [str(w.ref) for w in bound.in_commit(repo, commit)]
+    refs = [str(w.ref) for w in bound_images.in_commit(repo, commit)]
     assert refs == ["registry.example.com/edge/db:2", "registry.example.com/edge/tool:1"]
     bare = repo.commit(tmp_path / "tree/usr/share", "bare")  # no bound-images.d at all
-    assert bound.in_commit(repo, bare) == []
+    assert bound_images.in_commit(repo, bare) == []
 
 
 def test_a_dangling_link_is_an_error_that_names_it(tmp_path: Path) -> None:
-    d = tmp_path / bound.BOUND_D
+    d = tmp_path / bound_images.BOUND_D
     d.mkdir(parents=True)
     (d / "gone.image").symlink_to("/usr/share/containers/systemd/gone.image")
-    with pytest.raises(bound.BoundImageError, match=r"bound-images.d/gone.image: points to /usr/share/"):
-        bound.in_tree(confined.Tree(tmp_path))
+    with pytest.raises(
+        bound_images.BoundImageError, match=r"bound-images.d/gone.image: points to /usr/share/"
+    ):
+        bound_images.in_tree(confined.Tree(tmp_path))
 
 
 class FakeSysroot:

@@ -142,9 +142,9 @@ def test_discover_etc_overrides_masks_and_greenboot(tmp_path: Path) -> None:
     (tmp_path / "etc/imagemode/check/required.d/20-b.sh").symlink_to(os.devnull)
     gb = script(tmp_path / "etc/greenboot/check/required.d/30-greenboot.sh", "exit 0")
     (tmp_path / "usr/lib/imagemode/check/wanted.d/sub").mkdir(parents=True)
-    found = checks.discover(checks.REQUIRED, tmp_path)
+    found = checks.discover(checks.Kind.REQUIRED, tmp_path)
     assert [(c.name, c.path) for c in found] == [("10-a.sh", over), ("30-greenboot.sh", gb)]
-    assert checks.discover(checks.WANTED, tmp_path) == []
+    assert checks.discover(checks.Kind.WANTED, tmp_path) == []
 
 
 def test_bad_scripts_fail_within_their_timeout(tmp_path: Path) -> None:
@@ -158,7 +158,7 @@ def test_bad_scripts_fail_within_their_timeout(tmp_path: Path) -> None:
     (d / "60-elf").chmod(0o755)
     cfg = config.HealthConfig(timeout=3.0)
     t0 = time.monotonic()
-    got = {r.name: r for r in checks.run_scripts(checks.discover(checks.REQUIRED, tmp_path), cfg)}
+    got = {r.name: r for r in checks.run_scripts(checks.discover(checks.Kind.REQUIRED, tmp_path), cfg)}
     assert time.monotonic() - t0 < 20  # 3 s for the hang, and 2 s of grace to stop it
     assert (got["10-ok.sh"].status, got["10-ok.sh"].output) == ("passed", "fine\n")
     assert (got["20-fail.sh"].status, got["20-fail.sh"].reason) == ("failed", "exit 1")
@@ -180,7 +180,7 @@ def test_bad_scripts_fail_within_their_timeout(tmp_path: Path) -> None:
 def test_wanted_failures_warn_and_do_not_decide(tmp_path: Path) -> None:
     script(tmp_path / "usr/lib/imagemode/check/wanted.d/10-warn.sh", "echo 'disk 91% full'; exit 1")
     script(tmp_path / "usr/lib/imagemode/check/wanted.d/20-noexec.sh", "exit 0", mode=0o600)
-    results = checks.run_scripts(checks.discover(checks.WANTED, tmp_path), config.HealthConfig())
+    results = checks.run_scripts(checks.discover(checks.Kind.WANTED, tmp_path), config.HealthConfig())
     assert [(r.status, r.reason) for r in results] == [
         ("warned", "exit 1"),
         ("warned", "not executable (mode 0600)"),
@@ -192,7 +192,7 @@ def test_per_script_timeout_and_environment(tmp_path: Path) -> None:
     s = script(tmp_path / "x/10-env.sh", 'echo "$IMAGEMODE_CHECK $IMAGEMODE_HEALTH"; sleep 2')
     cfg = config.HealthConfig(timeout=1.0, timeouts={"10-env.sh": 10.0})
     r = checks.run_script(
-        checks.Check(s.name, checks.RED, s), cfg.timeout_of(s.name), {"IMAGEMODE_HEALTH": "failed"}
+        checks.Check(s.name, checks.Kind.RED, s), cfg.timeout_of(s.name), {"IMAGEMODE_HEALTH": "failed"}
     )
     assert (r.status, r.output) == ("passed", "red failed\n")
 

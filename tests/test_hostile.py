@@ -26,8 +26,8 @@ import pytest
 from imagemode import confined
 from imagemode.disk import sysroot as disk_sysroot
 from imagemode.disk.config import ConfigError, User
+from imagemode.embed import bound as bound_images
 from imagemode.errors import ImagemodeError
-from imagemode.host import bound
 from imagemode.oci.reference import ImageRef, Transport
 from imagemode.store import importer, layers
 from imagemode.store.ostree import Repo
@@ -502,17 +502,17 @@ def test_bound_image_links_with_dotdot_stay_in_the_commit(tmp_path: Path) -> Non
     sentinel = hostile.make_sentinel(tmp_path / "sentinel")
     before = hostile.tree_hash(sentinel)
     tree = tmp_path / "tree"
-    d = tree / bound.BOUND_D
+    d = tree / bound_images.BOUND_D
     d.mkdir(parents=True)
     (d / "x.image").symlink_to("../../../../../../../../" + str(sentinel).lstrip("/") + "/new/x.image")
     repo = Repo(tmp_path / "repo").ensure()
     commit = repo.commit(tree, "t")
-    with pytest.raises(bound.BoundImageError) as e:
-        bound.in_commit(repo, commit)
+    with pytest.raises(bound_images.BoundImageError) as e:
+        bound_images.in_commit(repo, commit)
     assert "which the image lacks" in one_line(e.value)
     assert hostile.tree_hash(sentinel) == before
-    with pytest.raises(bound.BoundImageError):
-        bound.in_tree(confined.Tree(tree))
+    with pytest.raises(bound_images.BoundImageError):
+        bound_images.in_tree(confined.Tree(tree))
 
 
 def test_hostile_json_does_not_reach_the_placeholders(tmp_path: Path) -> None:

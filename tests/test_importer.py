@@ -94,7 +94,7 @@ def test_import_applies_whiteouts_and_layout(tmp_path: Path, base_layer: Path) -
     assert "C /var/lib/app - - - - /usr/share/factory/var/lib/app" in conf
     assert (out.stat().st_mode & 0o777) == 0o755
     # the commit carries what status needs
-    assert repo.metadata(res.commit, meta.DIGEST) == img.manifest_digest
+    assert repo.metadata(res.commit, meta.DIGEST) == img.digest
     assert repo.metadata(res.commit, meta.IMAGE) == "oci:/x:v1"
     assert repo.metadata(res.commit, meta.VERSION) == "v1"
     cfg = json.loads(repo.metadata(res.commit, meta.CONFIG) or "{}")

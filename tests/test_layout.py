@@ -6,6 +6,8 @@ import os
 import tarfile
 from pathlib import Path
 
+import pytest
+
 from imagemode.oci.layout import write_layer
 
 EPOCH = 1_700_000_000
@@ -84,3 +86,22 @@ def test_imagemode_layer_is_reproducible_across_processes(tmp_path: Path) -> Non
         )
         digests.add(out.stdout.strip())
     assert len(digests) == 1, digests
+
+
+def test_the_embed_layer_is_clamped_to_source_date_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`build --embed` writes its store with the one layer writer, clamped: the same store at two
+    times gives the same bytes."""
+    from imagemode.embed.layer import epoch_of
+    from imagemode.oci.reference import ImageRef, Transport
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    assert epoch_of(ImageRef(Transport.CONTAINERS_STORAGE, name="localhost/x", tag="1")) == 1700000000
+    store = tmp_path / "root/usr/lib/imagemode/containers/storage"
+    store.mkdir(parents=True)
+    (store / "images.json").write_text("[]")
+    first = write_layer(tmp_path / "root", tmp_path / "a.tar", 1700000000)
+    os.utime(store / "images.json", (1800000000, 1800000000))
+    second = write_layer(tmp_path / "root", tmp_path / "b.tar", 1700000000)
+    assert first.digest == second.digest

@@ -1,6 +1,6 @@
 import pytest
 
-from imagemode.oci.reference import ReferenceError, Transport, local_tag, parse, parse_local
+from imagemode.oci.reference import ImageRefError, Transport, local_tag, parse, parse_local
 
 
 @pytest.mark.parametrize(
@@ -51,11 +51,11 @@ def test_local() -> None:
     ["", " x", "UPPER/case", "a//b", "name:", "name:bad tag", "x@sha256:abc", "-lead", "a/b:c:d", "oci:"],
 )
 def test_bad_references_are_one_line(bad: str) -> None:
-    with pytest.raises(ReferenceError) as e:
+    with pytest.raises(ImageRefError) as e:
         parse(bad)
     assert "\n" not in str(e.value)
 
 
 def test_unknown_transport() -> None:
-    with pytest.raises(ReferenceError, match="unknown transport 'ftp'"):
+    with pytest.raises(ImageRefError, match="unknown transport 'ftp'"):
         parse("x", "ftp")

@@ -1,10 +1,11 @@
 """The runner's error path: typed errors that carry the command and the tail of stderr."""
 
+import logging
 from pathlib import Path
 
 import pytest
 
-from imagemode.run import RunError, ToolMissingError, run
+from imagemode.run import RunError, ToolMissingError, run, spawn
 
 
 def test_success_captures_stdout() -> None:
@@ -89,3 +90,13 @@ def test_what_the_kernel_would_not_run_is_named_before_systemd_run(tmp_path: Pat
     assert _not_executable(str(tmp_path / "script")) == ""
     assert _not_executable("/bin/sh") == ""
     assert _not_executable(str(tmp_path / "absent")) == "No such file or directory"
+
+
+def test_spawn_is_logged_like_run(caplog: pytest.LogCaptureFixture) -> None:
+    """What keeps running (QEMU, a registry) is started by spawn(), and -v shows its command line."""
+    with caplog.at_level(logging.DEBUG, logger="imagemode.run"):
+        proc = spawn(["sleep", "0"])
+        assert proc.wait(10) == 0
+    assert "run: sleep 0" in caplog.text
+    with pytest.raises(ToolMissingError):
+        spawn(["imagemode-no-such-program"])

@@ -205,7 +205,7 @@ def test_tampered_bundles_are_refused_before_anything_is_imported(site: Site, tm
     }
     repo = Repo(tmp_path / "repo").ensure()
     for path, expected in cases.items():
-        with pytest.raises((fetch.FetchError, importer.ImportError_)) as e:
+        with pytest.raises((fetch.FetchError, importer.ImageImportError)) as e:
             import_(ImageRef(Transport.OCI_ARCHIVE, path=str(path)), trust, tmp_path)
         assert expected in str(e.value), (path.name, str(e.value))
         assert "\n" not in str(e.value)

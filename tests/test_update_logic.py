@@ -10,7 +10,7 @@ import pytest
 from imagemode.boot.kargs import replace_image_kargs
 from imagemode.errors import ImagemodeError
 from imagemode.host import rollback
-from imagemode.host.origin import image_of, origin
+from imagemode.host.origin import Origin, origin, read
 from imagemode.host.prune import refs_to_delete
 from imagemode.oci.reference import parse
 from imagemode.run import RunError
@@ -78,11 +78,16 @@ def test_rollback_without_a_second_deployment() -> None:
 
 
 def test_origin_round_trip_and_bootc_forms() -> None:
-    assert image_of(origin("docker://r.example/os:1")) == "docker://r.example/os:1"
-    assert image_of("[origin]\ncontainer-image-reference=ostree-unverified-registry:r.example/os:1\n") == (
-        "docker://r.example/os:1"
+    assert read(origin("docker://r.example/os:1")) == Origin("docker://r.example/os:1", signed=False)
+    assert read(origin("docker://r.example/os:1", signed=True)) == Origin(
+        "docker://r.example/os:1", signed=True
     )
-    assert image_of("[origin]\nrefspec=debian:main\n") is None
+    bootc = "[origin]\ncontainer-image-reference=ostree-unverified-registry:r.example/os:1\n"
+    assert read(bootc) == Origin("docker://r.example/os:1")
+    signed = "[origin]\ncontainer-image-reference=ostree-image-signed:docker://r.example/os:1\n"
+    assert read(signed) == Origin("docker://r.example/os:1", signed=True)
+    assert read("[origin]\nrefspec=debian:main\n") == Origin()
+    assert read("not an ini file [") == read(None) == Origin()
 
 
 @pytest.mark.parametrize(

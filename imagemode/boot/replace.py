@@ -1,7 +1,8 @@
 """Replacing the files GRUB reads (grub.cfg, grubenv) so that GRUB sees them after any power cut.
 
 Two steps, both needed:
-- temp file, fsync, rename, fsync of the directory: a cut leaves the old file or the new one;
+- temp file, fsync, rename, fsync of the directory (imagemode.atomic): a cut leaves the old file or
+  the new one;
 - on a mounted filesystem, a freeze and thaw (FIFREEZE, FITHAW), which makes ext4 write its journal
   back to the filesystem. GRUB reads ext4 without replaying the journal, so until then it can see a
   directory that still names the replaced file, whose blocks may already hold something else. ostree
@@ -15,6 +16,8 @@ import errno
 import fcntl
 import os
 from pathlib import Path
+
+from imagemode import atomic
 
 FIFREEZE = 0xC0045877  # _IOWR('X', 119, int)
 FITHAW = 0xC0045878  # _IOWR('X', 120, int)
@@ -40,18 +43,7 @@ def checkpoint(path: Path) -> None:
 def replace(path: Path, data: bytes, mounted: Path | None = None) -> None:
     """Atomically replace `path` with `data`. `mounted`: the mount point of a live filesystem (the
     device's /sysroot) to checkpoint afterwards; None for a directory being built into a disk."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".new")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    atomic.write(path, data)
     if mounted is not None:
         checkpoint(mounted)
 

@@ -20,17 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import imagemode
+from imagemode import atomic
 from imagemode.build import apt, lint
-from imagemode.build.spec import BaseSpec, Lock, cache_key
+from imagemode.build.spec import DEFAULT_CACHE, BaseSpec, Lock, cache_key
 from imagemode.build.steps import TREE_STEPS, BuildContext, Step
 from imagemode.errors import ImagemodeError
 from imagemode.oci import storage
 from imagemode.oci.layout import Blob, Layout, iso_time, write_layer
 from imagemode.oci.reference import ImageRef, Transport, parse
 from imagemode.run import run
-from imagemode.ui import Progress
+from imagemode.ui import Progress, human_size
 
-DEFAULT_CACHE = Path(os.environ.get("IMAGEMODE_CACHE", "/var/cache/imagemode"))
 PYTHON_DIR = "usr/lib/python3/dist-packages"
 CACHE_KEEP = 3  # OS layers kept in the cache, newest first
 
@@ -57,6 +57,41 @@ class BaseResult:
     cache_key: str
     cached: bool
     seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def human(self) -> str:
+        return (
+            f"{self.tag}\n  digest   {self.digest}\n  size     {human_size(self.size_bytes)}"
+            f"\n  packages {self.packages}\n  OS layer {'cached' if self.cached else 'built'}"
+            f" ({self.cache_key[:12]})\n  time     {self.seconds:.1f}s"
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `build base --plan` prints: the resolved packages and the ordered steps."""
+
+    data: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.data
+
+    def human(self) -> str:
+        p = self.data
+        lines = [f"Resolved by apt for Debian {p['release']}/{p['architecture']}"
+                 f" (SOURCE_DATE_EPOCH={p['source_date_epoch']}):"]  # fmt: skip
+        width = max(len(x["name"]) for x in p["packages"])
+        lines += [f"  {x['name']:<{width}}  {x['version']:<36} {x['installed_size_kib']:>8} KiB"
+                  for x in p["packages"]]  # fmt: skip
+        lines.append(
+            f"{len(p['packages'])} packages, {human_size(p['total_installed_kib'] * 1024)} installed"
+        )
+        cache = "cached" if p["os_layer_cached"] else "not cached"
+        lines.append(f"Build steps (OS layer {cache}, key {p['cache_key'][:12]}):")
+        lines += [f"  {i:>2}. {s['name']:<16} {s['summary']}" for i, s in enumerate(p["steps"], 1)]
+        return "\n".join(lines)
 
 
 PLAN_STEPS = (
@@ -94,21 +129,23 @@ def resolve(opts: BaseOptions) -> Lock:
     return apt.resolve(opts.spec, _apt_dir(opts), locked=locked, source_date_epoch=opts.source_date_epoch)
 
 
-def plan(opts: BaseOptions) -> dict[str, Any]:
+def plan(opts: BaseOptions) -> Plan:
     """What `build base` would do: the resolved packages and the ordered steps. Builds nothing."""
     lock = resolve(opts)
     key = cache_key(opts.spec, lock)
     cached = (opts.cache_dir / "layers" / key / "layer.json").exists()
-    return {
-        "release": lock.release,
-        "architecture": lock.architecture,
-        "source_date_epoch": lock.source_date_epoch,
-        "packages": [asdict(p) for p in lock.packages],
-        "total_installed_kib": lock.total_installed_kib,
-        "cache_key": key,
-        "os_layer_cached": cached and opts.use_cache,
-        "steps": [{"name": s.name, "summary": s.summary} for s in PLAN_STEPS],
-    }
+    return Plan(
+        {
+            "release": lock.release,
+            "architecture": lock.architecture,
+            "source_date_epoch": lock.source_date_epoch,
+            "packages": [asdict(p) for p in lock.packages],
+            "total_installed_kib": lock.total_installed_kib,
+            "cache_key": key,
+            "os_layer_cached": cached and opts.use_cache,
+            "steps": [{"name": s.name, "summary": s.summary} for s in PLAN_STEPS],
+        }
+    )
 
 
 def _labels(spec: BaseSpec, lock: Lock, key: str, tree_version: str) -> dict[str, str]:
@@ -177,7 +214,7 @@ def build_os_layer(opts: BaseOptions, lock: Lock, key: str, progress: Progress) 
             if final.exists():
                 shutil.rmtree(final)
             layers.mkdir(parents=True, exist_ok=True)
-            os.replace(staged, final)  # a cache entry appears whole or not at all
+            atomic.publish(staged, final)  # a cache entry appears whole or not at all
         # The tree is rebuilt from the lock list when needed; only the layer is kept.
     _gc_layers(layers, key)
     return record

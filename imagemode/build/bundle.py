@@ -14,15 +14,16 @@ staged). Embed what must work offline.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from imagemode import confined
-from imagemode.embed import store
+from imagemode import atomic, confined
+from imagemode.embed import bound, store
 from imagemode.errors import ImagemodeError
-from imagemode.host import bound
 from imagemode.oci import archive, signature, storage
-from imagemode.oci.reference import ImageRef, ReferenceError, Transport, parse
+from imagemode.oci.reference import ImageRef, ImageRefError, Transport, parse
+from imagemode.ui import human_size
 
 BOOTC_LABEL = "containers.bootc"
 
@@ -36,6 +37,19 @@ class Bundle:
     embedded: tuple[str, ...]  # workload images inside the OS image
     bound: tuple[str, ...]  # images the OS pulls at update time, not inside the archive
     signed_as: str | None = None  # the identity the signature names
+    signed_by: str | None = None  # the key's fingerprint
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def human(self) -> str:
+        lines = [f"{self.path}: {self.image} {self.digest}, {human_size(self.size_bytes)}"]
+        if self.signed_as:
+            lines.append(f"  signed as {self.signed_as} by {self.signed_by}")
+        lines.append(f"  {len(self.embedded)} embedded workload images inside")
+        lines += [f"  bound image not inside (pulled by the device at update time): {r}" for r in self.bound]
+        lines.append(f"apply on a device: imagemode switch --transport oci-archive {self.path}")
+        return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -48,7 +62,7 @@ class Signing:
 def _identity(text: str) -> str:
     try:
         ref = parse(text)
-    except ReferenceError as e:
+    except ImageRefError as e:
         raise ImagemodeError(f"--sign-identity: {e}") from None
     if ref.transport is not Transport.REGISTRY:
         raise ImagemodeError(f"--sign-identity: {text} is not a registry reference")
@@ -73,9 +87,16 @@ def bundle(image: ImageRef, out: Path, signing: Signing | None = None) -> Bundle
         if signing is not None and identity is not None:
             sig = signature.sign(contents.manifest, identity, signing.key, signing.passphrase_file)
             archive.add_signatures(tmp, contents.manifest_digest, identity, [sig])
-        os.replace(tmp, out)
+        atomic.publish(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return Bundle(
-        str(out), str(image), contents.manifest_digest, out.stat().st_size, embedded, bound_refs, identity
+        str(out),
+        str(image),
+        contents.manifest_digest,
+        out.stat().st_size,
+        embedded,
+        bound_refs,
+        identity,
+        signing.key if signing else None,
     )

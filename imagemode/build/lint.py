@@ -9,10 +9,11 @@ from __future__ import annotations
 import enum
 import os
 import tomllib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imagemode import tmpfiles
 from imagemode.errors import ImagemodeError
 
 MAX_LISTED = 5
@@ -34,6 +35,19 @@ class Rule:
     level: Level
     description: str
     check: Check
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What `lint --list` prints."""
+
+    rules: tuple[Rule, ...]
+
+    def to_dict(self) -> list[dict[str, str]]:
+        return [{"name": r.name, "level": r.level.value, "description": r.description} for r in self.rules]
+
+    def human(self) -> str:
+        return "\n".join(f"{r.name:<14} {r.level.value:<8} {r.description}" for r in self.rules)
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,12 @@ class Report:
             "warnings": [f(w) for w in self.warnings],
             "passed": self.passed,
         }
+
+    def human(self) -> str:
+        lines = [f"error: {e}" for e in self.errors] + [f"warning: {w}" for w in self.warnings]
+        lines.append(f"{self.image}: {len(self.errors)} errors, {len(self.warnings)} warnings,"
+                     f" {len(self.passed)} checks passed")  # fmt: skip
+        return "\n".join(lines)
 
 
 def _listed(paths: list[str]) -> str:
@@ -112,32 +132,18 @@ def check_run_tmp_empty(root: Path, labels: Labels) -> list[str]:
     return out
 
 
-def parse_tmpfiles(texts: Iterable[str]) -> dict[str, str]:
-    """Path -> tmpfiles.d line type, from the texts of tmpfiles.d files in order (later ones win)."""
-    entries: dict[str, str] = {}
-    for text in texts:
-        for line in text.splitlines():
-            fields = line.split()
-            if len(fields) >= 2 and not fields[0].startswith("#"):
-                entries[os.path.normpath(fields[1])] = fields[0].rstrip("!+-=~^")
-    return entries
-
-
-TMPFILES_DIRS = ("usr/lib/tmpfiles.d", "etc/tmpfiles.d")
-
-
 def tmpfiles_paths(root: Path) -> dict[str, str]:
     """Path -> tmpfiles.d line type, from every tmpfiles.d directory of the image (later files win)."""
 
     def texts() -> Iterator[str]:
-        for d in TMPFILES_DIRS:
+        for d in tmpfiles.DIRS:
             for f in sorted((root / d).glob("*.conf")) if (root / d).is_dir() else []:
                 try:
                     yield f.read_text(errors="replace")
                 except OSError:
                     continue
 
-    return parse_tmpfiles(texts())
+    return tmpfiles.parse(texts())
 
 
 # Build-time state of package managers, content whose loss on a device is harmless by definition, and

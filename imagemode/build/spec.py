@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 DEFAULT_TAG = "localhost/imagemode/debian:12"
+DEFAULT_CACHE = Path(os.environ.get("IMAGEMODE_CACHE", "/var/cache/imagemode"))
 DEFAULT_RELEASE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"

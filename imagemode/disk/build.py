@@ -14,20 +14,22 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from imagemode import atomic
 from imagemode.boot import kargs
 from imagemode.build.containerfile import lint_image
 from imagemode.build.lint import LintFailedError
 from imagemode.disk import config as diskconfig
 from imagemode.disk import image as diskimage
-from imagemode.disk import sysroot as sr
+from imagemode.disk import sysroot as disk_sysroot
 from imagemode.disk.image import DiskError
 from imagemode.oci import policy as policies
 from imagemode.oci.reference import ImageRef, Transport, parse
 from imagemode.run import run
 from imagemode.store import importer
 from imagemode.store.ostree import CommitReader, Repo
-from imagemode.ui import Progress
+from imagemode.ui import Progress, human_size
 
 SSH_KEY_NAME = "id_ed25519"
 
@@ -67,6 +69,20 @@ class DiskResult:
     layers_total: int = 0
     target: str = ""  # the image the device follows (its origin)
     enforce: bool = False  # the device takes only signed updates (an ostree-image-signed: origin)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def human(self) -> str:
+        lines = [f"from {self.image}\n  digest {self.image_digest}\n  follows {self.target}"]
+        if self.enforce:
+            lines.append("  updates must be signed: the image's policy.json is enforced (docs/signing.md)")
+        lines += [f"  {path}  {human_size(size)}" for path, size in self.files.items()]
+        if self.ssh_key:
+            first = Path(next(iter(self.files)))
+            lines.append(f"  log in: imagemode vm {first} (root, with {first.parent / self.ssh_key})")
+        return "\n".join(lines)
 
 
 PLAN = (
@@ -142,7 +158,7 @@ def build(opts: DiskOptions, progress: Progress) -> DiskResult:
         enforce = _enforce(opts, cfg, repo, imp.commit, opts.target or parse(imp.image))
         with progress.step(*PLAN[2]):
             sysroot.mkdir()
-            deployment = sr.deploy(
+            deployment = disk_sysroot.deploy(
                 sysroot, repo, imp.commit, importer.ref_for(follows), follows, cmdline, imp.layer_refs,
                 signed=enforce,
             )  # fmt: skip
@@ -164,7 +180,7 @@ def build(opts: DiskOptions, progress: Progress) -> DiskResult:
                 run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "imagemode-disk", "-f", keyfile])
                 users.append(diskconfig.User("root", key=(work / f"{SSH_KEY_NAME}.pub").read_text()))
                 result.ssh_key = SSH_KEY_NAME
-            sr.customize(sysroot, deployment, diskconfig.DiskConfig(tuple(users)))
+            disk_sysroot.customize(sysroot, deployment, diskconfig.DiskConfig(tuple(users)))
         with progress.step(*PLAN[4]):
             content = diskimage.tree_size(sysroot)
             rootfs = diskimage.root_size(content, cfg.root_minsize)
@@ -192,7 +208,7 @@ def build(opts: DiskOptions, progress: Progress) -> DiskResult:
             temps.append(meta)
             # All written: now the renames, which cannot fail for lack of space.
             for tmp, final in finals:
-                tmp.replace(final)
+                atomic.publish(tmp, final)
                 result.files[str(final)] = final.stat().st_size
             meta.write_text(json.dumps(result.__dict__, indent=2) + "\n")
             meta.replace(opts.output / "disk.json")
@@ -201,5 +217,5 @@ def build(opts: DiskOptions, progress: Progress) -> DiskResult:
     finally:
         for leftover in temps:
             leftover.unlink(missing_ok=True)
-        sr.remove(sysroot)
+        disk_sysroot.remove(sysroot)
         shutil.rmtree(work, ignore_errors=True)

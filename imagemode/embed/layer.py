@@ -2,52 +2,40 @@
 
 The store is made on the build host, where containers-storage works whatever the build's RUN
 sandbox allows, and added with `ADD embed.tar /`: an archive keeps owners, modes, hard links and
-xattrs, which a COPY of a directory would not. A store the image already has (from the image it is
-built FROM) is copied first, so the new layer holds every embedded image, old and new.
+xattrs, which a COPY of a directory would not. The archive is written as every layer is
+(imagemode.oci.layout): in name order, numeric owners, timestamps clamped. A store the image
+already has (from the image it is built FROM) is copied first, so the new layer holds every
+embedded image, old and new.
 """
 
 from __future__ import annotations
 
 import os
-import tarfile
 import tempfile
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from imagemode import confined
 from imagemode.embed import sources, store
 from imagemode.oci import storage
+from imagemode.oci.layout import write_layer
 from imagemode.oci.reference import ImageRef
 from imagemode.run import run
 
-XATTR_PREFIX = "SCHILY.xattr."
 WORK_DIR = "/var/tmp"  # not /tmp: a store of real images is larger than a tmpfs may be
 
 
-def _tarinfo(tar: tarfile.TarFile, path: Path, arcname: str) -> tarfile.TarInfo:
-    info = tar.gettarinfo(os.fspath(path), arcname)
-    if not path.is_symlink():
-        headers = dict(info.pax_headers)
-        for name in os.listxattr(path, follow_symlinks=False):
-            value = os.getxattr(path, name, follow_symlinks=False)
-            headers[XATTR_PREFIX + name] = value.decode("utf-8", "surrogateescape")
-        info.pax_headers = headers
-    return info
-
-
-def write_tar(root: Path, out: Path) -> None:
-    """Everything under `root`, as paths relative to it, in a PAX tar."""
-    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            for name in [*dirnames, *sorted(filenames)]:
-                path = Path(dirpath, name)
-                info = _tarinfo(tar, path, os.path.relpath(path, root))
-                if info.isreg():
-                    with open(path, "rb") as f:
-                        tar.addfile(info, f)
-                else:
-                    tar.addfile(info)
+def epoch_of(image: ImageRef) -> int:
+    """The clamp for the embed layer's timestamps: SOURCE_DATE_EPOCH, else the FROM image's own
+    creation time, so that the same images embedded into the same base give the same layer."""
+    if os.environ.get("SOURCE_DATE_EPOCH", "").isdigit():
+        return int(os.environ["SOURCE_DATE_EPOCH"])
+    created = str(storage.inspect(image).get("Created", ""))
+    try:
+        return int(datetime.fromisoformat(created[:19]).replace(tzinfo=UTC).timestamp())
+    except ValueError:
+        return 0
 
 
 def _existing_store(image: ImageRef, root: Path) -> None:
@@ -83,7 +71,7 @@ def add_layer(
         )
         ctx = Path(tmp, "context")
         ctx.mkdir()
-        write_tar(root, ctx / "embed.tar")
+        write_layer(root, ctx / "embed.tar", epoch_of(image))
         (ctx / "Containerfile").write_text(f"FROM {image}\nADD embed.tar /\n")
         run(
             ["podman", "build", f"--isolation={isolation}", "--force-rm", "-t", str(out), ctx],

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from imagemode.errors import ImagemodeError
-from imagemode.oci.reference import ImageRef, ReferenceError, Transport, has_domain, parse
+from imagemode.oci.reference import ImageRef, ImageRefError, Transport, has_domain, parse
 
 KUSTOMIZATIONS = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 POD_LISTS = ("containers", "initContainers", "ephemeralContainers")
@@ -43,10 +43,28 @@ class Wanted:
         return self.ref.digest is not None
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What `embed --dry-run` prints: the images the sources name, and where each was named."""
+
+    wanted: tuple[Wanted, ...]
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        return [{"ref": str(w.ref), "digest": w.ref.digest, "source": w.source} for w in self.wanted]
+
+    def human(self) -> str:
+        names = [w.ref.name + (f":{w.ref.tag}" if w.ref.tag else "") for w in self.wanted]
+        width = max(len(n) for n in names)
+        lines = [f"{name:<{width}}  {w.ref.digest or '(tag: digest read when embedded)':<71}  {w.source}"
+                 for name, w in zip(names, self.wanted, strict=True)]  # fmt: skip
+        lines.append(f"{len(self.wanted)} images would be embedded; nothing was copied")
+        return "\n".join(lines)
+
+
 def qualify(text: str, source: str) -> ImageRef:
     try:
         ref = parse(text, Transport.REGISTRY)
-    except ReferenceError as e:
+    except ImageRefError as e:
         raise SourceError(f"{source}: {e}") from None
     if not has_domain(ref.name):
         path = ref.name if "/" in ref.name else f"library/{ref.name}"

@@ -34,11 +34,13 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from imagemode import confined
 from imagemode.embed.sources import Wanted
 from imagemode.errors import ImagemodeError
 from imagemode.oci import storage
+from imagemode.oci.manifest import digest_of
 from imagemode.oci.reference import ImageRef
 from imagemode.run import RunError
 from imagemode.store import fetch
@@ -77,6 +79,20 @@ class Embedded:
     source: str
 
 
+@dataclass(frozen=True)
+class Stored:
+    """What `imagemode embed` did: the images now in the store under `root`."""
+
+    root: Path
+    images: tuple[Embedded, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"store": str(self.root / STORE), "images": [asdict(e) for e in self.images]}
+
+    def human(self) -> str:
+        return f"{len(self.images)} images in {self.root / STORE}; list in {self.root / LIST}"
+
+
 def store_spec(store: Path, runroot: Path) -> str:
     """skopeo's containers-storage prefix for a store of our own. skip_mount_home: the driver would
     otherwise leave a private bind mount on the store's overlay directory after skopeo exits."""
@@ -90,7 +106,7 @@ def _check_tag(want: Wanted, tls_verify: bool) -> None:
         return
     tagged = ImageRef(ref.transport, ref.name, ref.tag)
     raw = storage.inspect_raw(tagged, tls_verify=tls_verify)
-    now = "sha256:" + hashlib.sha256(raw.encode()).hexdigest()
+    now = digest_of(raw)
     if now != ref.digest:
         raise EmbedError(f"{ref} ({want.source}): digest mismatch: tag {ref.tag} is now {now}")
 

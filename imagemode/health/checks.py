@@ -15,6 +15,7 @@ A script of the same name in an earlier directory replaces a later one, and a sy
 
 from __future__ import annotations
 
+import enum
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -26,9 +27,23 @@ from imagemode.health.config import HealthConfig
 from imagemode.run import RunError, run, run_confined
 
 ROOTS = ("etc/imagemode", "etc/greenboot", "usr/lib/imagemode", "usr/lib/greenboot")
-REQUIRED, WANTED, GREEN, RED = "required", "wanted", "green", "red"
-SUBDIR = {REQUIRED: "check/required.d", WANTED: "check/wanted.d", GREEN: "green.d", RED: "red.d"}
-PASSED, FAILED, WARNED = "passed", "failed", "warned"
+
+
+class Kind(enum.StrEnum):
+    REQUIRED = "required"  # a failure fails the boot
+    WANTED = "wanted"  # a failure warns
+    GREEN = "green"  # hooks run after a healthy verdict
+    RED = "red"  # hooks run after a failed one
+
+
+class Status(enum.StrEnum):
+    PASSED = "passed"
+    FAILED = "failed"  # a required check (or hook)
+    WARNED = "warned"  # a wanted one
+
+
+SUBDIR = {Kind.REQUIRED: "check/required.d", Kind.WANTED: "check/wanted.d", Kind.GREEN: "green.d",
+          Kind.RED: "red.d"}  # fmt: skip
 TARGET = "boot-complete.target"
 OUTPUT_KEEP = 2048  # bytes of a check's output kept in results (its tail)
 
@@ -36,16 +51,16 @@ OUTPUT_KEEP = 2048  # bytes of a check's output kept in results (its tail)
 @dataclass(frozen=True)
 class Check:
     name: str
-    kind: str  # required, wanted, green, red
+    kind: Kind
     path: Path
 
 
 @dataclass(frozen=True)
 class Result:
     name: str
-    kind: str
+    kind: str  # a Kind (a plain string once read back from a record)
     source: str  # the script's path, or "unit"
-    status: str  # passed, failed (a required check), warned (a wanted one)
+    status: str  # a Status, likewise
     reason: str  # "", "exit 1", "timed out after 300s", "not executable", ...
     seconds: float
     output: str = ""
@@ -56,9 +71,15 @@ class Result:
     def line(self) -> str:
         """One line for the journal and the terminal."""
         out = self.output.strip().splitlines()
-        tail = f": {out[-1][:200]}" if out and self.status != PASSED else ""
+        tail = f": {out[-1][:200]}" if out and self.status != Status.PASSED else ""
         why = f" ({self.reason})" if self.reason else ""
         return f"{self.kind} {self.name}: {self.status}{why}{tail}"
+
+    def journal_line(self, journal: bool) -> str:
+        """The line as it happens. Under systemd (`journal`) a "<N>" prefix sets its journal priority:
+        failures are errors, warnings warnings."""
+        prio = {Status.PASSED: "<6>", Status.WARNED: "<4>", Status.FAILED: "<3>"}
+        return f"{prio.get(Status(self.status), '') if journal else ''}{self.line()}"
 
 
 def clean_output(data: bytes) -> str:
@@ -71,7 +92,7 @@ def _masked(path: Path) -> bool:
     return path.is_symlink() and os.path.realpath(path) == os.devnull
 
 
-def discover(kind: str, root: Path = Path("/")) -> list[Check]:
+def discover(kind: Kind, root: Path = Path("/")) -> list[Check]:
     """The scripts of one kind, by name; an earlier root's file of the same name wins."""
     found: dict[str, Check | None] = {}
     for base in ROOTS:
@@ -91,7 +112,7 @@ def discover(kind: str, root: Path = Path("/")) -> list[Check]:
 
 
 def _bad(kind: str) -> str:
-    return FAILED if kind in (REQUIRED, RED, GREEN) else WARNED
+    return Status.FAILED if kind in (Kind.REQUIRED, Kind.RED, Kind.GREEN) else Status.WARNED
 
 
 def run_script(check: Check, timeout: float, env: dict[str, str] | None = None) -> Result:
@@ -104,7 +125,9 @@ def run_script(check: Check, timeout: float, env: dict[str, str] | None = None) 
     r = run_confined([check.path], timeout=timeout, env=env, keep=OUTPUT_KEEP, scope=True)
     output = clean_output(r.output)
     if r.returncode == 0:
-        return Result(check.name, check.kind, str(check.path), PASSED, "", round(r.seconds, 2), output)
+        return Result(
+            check.name, check.kind, str(check.path), Status.PASSED, "", round(r.seconds, 2), output
+        )
     if r.error or r.returncode is None:
         reason = r.error or "did not finish"
     else:
@@ -152,7 +175,7 @@ def unit_checks(own: str = "imagemode-health.service") -> list[Result]:
     for prop in ("Wants", "Requires", "Requisite", "BindsTo"):
         for unit in deps.get(prop, "").split():
             if unit != own and unit in before and not unit.endswith(".target"):
-                kinds[unit] = WANTED if prop == "Wants" else REQUIRED
+                kinds[unit] = Kind.WANTED if prop == "Wants" else Kind.REQUIRED
     if not kinds:
         return []
     names = sorted(kinds)
@@ -163,11 +186,11 @@ def unit_checks(own: str = "imagemode-health.service") -> list[Result]:
             ok, why = False, "not found"
         else:
             why = "" if ok else f"{st.get('ActiveState')} ({st.get('Result')})"
-        status = PASSED if ok else _bad(kinds[unit])
+        status = Status.PASSED if ok else _bad(kinds[unit])
         results.append(Result(unit, kinds[unit], "unit", status, why, 0.0))
     return results
 
 
 def verdict(results: Iterable[Result]) -> Result | None:
     """The first failed required check: None means healthy."""
-    return next((r for r in results if r.kind == REQUIRED and r.status == FAILED), None)
+    return next((r for r in results if r.kind == Kind.REQUIRED and r.status == Status.FAILED), None)

@@ -8,16 +8,27 @@ failing deployment is read by the one that takes over).
 
 from __future__ import annotations
 
+import enum
 import json
 import os
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from imagemode.boot import grubenv, replace
+from imagemode import atomic
+from imagemode.boot import grubenv
 
 DIR = Path("/var/lib/imagemode/health")
-HEALTHY, FAILED = "healthy", "failed"
+
+
+class State(enum.StrEnum):
+    """What a deployment's record says of it."""
+
+    HEALTHY = "healthy"
+    FAILED = "failed"
+
+
 KEEP = 20  # deployment records kept, newest first: a long-lived device upgrades many times
 
 
@@ -35,7 +46,42 @@ def _read(path: Path) -> dict[str, Any]:
 
 def _write(path: Path, data: dict[str, Any]) -> None:
     """Replaced atomically and fsynced: the verdict must survive the reboot that usually follows it."""
-    replace.replace(path, (json.dumps(data, indent=2) + "\n").encode())
+    atomic.write(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run of the checks as it is recorded (last.json) and shown: in full, or, at boot, the end of
+    the journal's account, whose results were printed as they came."""
+
+    record: dict[str, Any]
+    boot: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.record.get("healthy") else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.record
+
+    def verdict(self) -> str:
+        from imagemode.health import checks  # not at the top: `health --show --json` runs no check
+
+        results = self.record["results"]
+        warned = sum(r["status"] == checks.Status.WARNED for r in results)
+        verdict = "healthy" if self.record["healthy"] else "FAILED"
+        return f"{verdict} at {self.record['at']}: {len(results)} checks, {warned} warned"
+
+    def human(self) -> str:
+        actions = list(self.record.get("actions", []))
+        if self.boot:
+            return "\n".join([*actions, self.verdict()])
+        from imagemode.health import checks
+
+        rec = self.record
+        lines = [f"deployment {rec['deployment']}: {rec['image']} {rec['digest']}"]
+        lines += [f"  {checks.Result(**r).line()}  [{r['seconds']:.1f}s]" for r in rec["results"]]
+        return "\n".join([*lines, self.verdict(), *(f"  {a}" for a in actions)])
 
 
 def last(state_dir: Path = DIR) -> dict[str, Any]:
@@ -60,7 +106,11 @@ def record(deployment: str, rec: dict[str, Any], state_dir: Path = DIR) -> None:
 def failed_image(digest: str, state_dir: Path = DIR) -> dict[str, Any] | None:
     """The record of a deployment of this image digest that failed its health checks, if any."""
     return next(
-        (r for r in records(state_dir).values() if r.get("state") == FAILED and r.get("digest") == digest),
+        (
+            r
+            for r in records(state_dir).values()
+            if r.get("state") == State.FAILED and r.get("digest") == digest
+        ),
         None,
     )
 
@@ -70,7 +120,7 @@ def forget(digest: str, state_dir: Path = DIR) -> int:
     recs = records(state_dir)
     keep = {
         k: v for k, v in recs.items()
-        if not (v.get("state") == FAILED and digest in ("all", v.get("digest")))
+        if not (v.get("state") == State.FAILED and digest in ("all", v.get("digest")))
     }  # fmt: skip
     if len(keep) != len(recs):
         _write(state_dir / "deployments.json", keep)
@@ -83,7 +133,7 @@ def health_of(deployment: str, env: dict[str, str], recs: dict[str, dict[str, An
     if env.get(grubenv.TRY) == deployment:
         tries = env.get(grubenv.TRIES, "")
         rec["triesLeft"] = int(tries) if tries.isdigit() else 0
-        if rec["state"] != FAILED:
+        if rec["state"] != State.FAILED:
             rec["state"] = "trying"
     return rec
 

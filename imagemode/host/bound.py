@@ -1,12 +1,12 @@
 """Logically bound images: workload images an OS version names but does not carry.
 
 An image names them with symlinks in /usr/lib/bootc/bound-images.d/ to quadlet `.image` or
-`.container` files, as bootc does. `upgrade` and `switch` pull every one of them into the device's
-containers-storage before they stage anything, so the new OS never boots without its workloads; one
-that cannot be pulled stops the update with nothing staged. An image already in storage is not pulled
-again, so an offline update whose bound images are present still works (pin them by digest to change
-them). imagemode records what it pulled, and `prune` removes a recorded image once no deployment
-names it.
+`.container` files, as bootc does (imagemode.embed.bound reads them). `upgrade` and `switch` pull
+every one of them into the device's containers-storage before they stage anything, so the new OS
+never boots without its workloads; one that cannot be pulled stops the update with nothing staged.
+An image already in storage is not pulled again, so an offline update whose bound images are
+present still works (pin them by digest to change them). imagemode records what it pulled, and
+`prune` removes a recorded image once no deployment names it.
 """
 
 from __future__ import annotations
@@ -16,60 +16,16 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from imagemode import confined
-from imagemode.boot import replace
+from imagemode import atomic, confined
 from imagemode.embed import sources
-from imagemode.errors import ImagemodeError
+from imagemode.embed.bound import BoundImageError, in_tree
 from imagemode.host import ostree_api as api
 from imagemode.host import sysroot as sr
 from imagemode.oci import storage
 from imagemode.run import RunError, run, which
 from imagemode.store import fetch
-from imagemode.store.ostree import CommitReader, Repo
 
-BOUND_D = "usr/lib/bootc/bound-images.d"
 RECORD = Path("/var/lib/imagemode/bound-images.json")
-
-
-class BoundImageError(ImagemodeError):
-    pass
-
-
-def in_tree(tree: confined.Reader) -> list[sources.Wanted]:
-    """The bound images of a tree: a deployment, an image's root, or a commit read in place. Links
-    are followed inside the tree only."""
-    d = confined.resolve(tree, BOUND_D)
-    if d is None or tree.kind(d) is not confined.Kind.DIR:
-        return []
-    found: list[sources.Wanted] = []
-    for name in tree.listdir(d):
-        if not name.endswith((".image", ".container")):
-            continue
-        shown = f"/{BOUND_D}/{name}"
-        path = confined.resolve(tree, f"{d}/{name}")
-        if path is None or tree.kind(path) is not confined.Kind.FILE:
-            target = tree.readlink(f"{d}/{name}") if tree.kind(f"{d}/{name}") is confined.Kind.LINK else name
-            raise BoundImageError(f"{shown}: points to {target}, which the image lacks")
-        unit_dir, _, unit = path.rpartition("/")
-
-        def read(n: str, unit_dir: str = unit_dir) -> str:
-            text = confined.read_text(tree, f"{unit_dir}/{n}")
-            if text is None:
-                raise sources.SourceError(f"/{unit_dir}/{n}: no such file in the image")
-            return text
-
-        try:
-            wanted = sources.quadlet(read, unit, f"/{unit_dir}")
-        except sources.SourceError as e:
-            raise BoundImageError(f"{shown}: {e}") from None
-        # Named by the link, as the image has it.
-        found += [sources.Wanted(w.ref, shown) for w in wanted]
-    return found
-
-
-def in_commit(repo: Repo, commit: str) -> list[sources.Wanted]:
-    """The bound images of an imported commit, read from it in place: nothing is checked out."""
-    return in_tree(CommitReader(repo, commit))
 
 
 def _record() -> list[str]:
@@ -79,7 +35,7 @@ def _record() -> list[str]:
 
 
 def _write_record(refs: list[str]) -> None:
-    replace.replace(RECORD, (json.dumps({"pulled": sorted(set(refs))}, indent=2) + "\n").encode())
+    atomic.write(RECORD, (json.dumps({"pulled": sorted(set(refs))}, indent=2) + "\n").encode())
 
 
 def pull(wanted: list[sources.Wanted], say: Callable[[str], None] = lambda s: None) -> list[str]:

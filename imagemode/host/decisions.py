@@ -1,6 +1,6 @@
 """What the device decides, as pure functions of what it has read: no libostree, no files, no clock.
 
-`host/update.py` and `host/health.py` gather the facts (from libostree, grubenv, the health records),
+`host/update.py` and `host/verdict.py` gather the facts (from libostree, grubenv, the health records),
 call these, and carry out the answer. Each branch is unit-tested here (tests/test_decisions.py); the
 VM stories test that the facts are read and the answers carried out on a real device.
 """

@@ -4,6 +4,7 @@ at install and on every update."""
 from __future__ import annotations
 
 import configparser
+from dataclasses import dataclass
 
 STATEROOT = "default"  # bootc's name for the stateroot
 ORIGIN_KEY = "container-image-reference"
@@ -18,34 +19,30 @@ def origin(image: str, signed: bool = False) -> str:
     return f"[origin]\n{ORIGIN_KEY}={mode}{image}\n\n[imagemode]\nimage={image}\n"
 
 
-def _parse(text: str) -> configparser.ConfigParser | None:
+@dataclass(frozen=True)
+class Origin:
+    """What an origin file says: the image followed (skopeo's form), and whether its updates must be
+    signed (bootc's ostree-image-signed:)."""
+
+    image: str | None = None
+    signed: bool = False
+
+
+def read(text: str | None) -> Origin:
+    """The one reader of origin files: ours, and bootc's (ostree-unverified-registry:NAME,
+    ostree-unverified-image:TRANSPORT:NAME, ostree-image-signed:TRANSPORT:NAME)."""
     cp = configparser.ConfigParser(interpolation=None)
     try:
-        cp.read_string(text)
+        cp.read_string(text or "")
     except configparser.Error:
-        return None
-    return cp
-
-
-def image_of(text: str) -> str | None:
-    """The image an origin file follows, or None."""
-    cp = _parse(text)
-    if cp is None:
-        return None
-    if cp.has_option("imagemode", "image"):
-        return cp.get("imagemode", "image")
+        return Origin()
     ref = cp.get("origin", ORIGIN_KEY, fallback=None)
+    signed = ref is not None and ref.startswith(SIGNED)
+    if cp.has_option("imagemode", "image"):
+        return Origin(cp.get("imagemode", "image"), signed)
     if ref is None:
-        return None
-    # bootc writes ostree-unverified-registry:NAME, ostree-unverified-image:TRANSPORT:NAME and
-    # ostree-image-signed:TRANSPORT:NAME.
+        return Origin()
     for prefix, transport in ((UNVERIFIED, ""), (SIGNED, ""), ("ostree-unverified-registry:", "docker://")):
         if ref.startswith(prefix):
-            return transport + ref[len(prefix) :]
-    return ref
-
-
-def is_signed(text: str) -> bool:
-    """Whether the origin asks for signature enforcement (bootc's ostree-image-signed:)."""
-    cp = _parse(text)
-    return cp is not None and cp.get("origin", ORIGIN_KEY, fallback="").startswith(SIGNED)
+            return Origin(transport + ref[len(prefix) :], signed)
+    return Origin(ref, signed)

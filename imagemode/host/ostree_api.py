@@ -99,3 +99,13 @@ class Sysroot(Protocol):
     ) -> tuple[bool, Deployment]: ...
 
     def prepare_cleanup(self, cancellable: None) -> bool: ...
+
+
+def deployment_id(checksum: str, serial: int) -> str:
+    """`checksum.serial`: the one name imagemode gives a deployment (ostree's own directory name for it),
+    in status, the health records, the download-only mark and every message."""
+    return f"{checksum}.{serial}"
+
+
+def dep_id(dep: Deployment) -> str:
+    return deployment_id(dep.get_csum(), dep.get_deployserial())

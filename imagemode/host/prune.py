@@ -8,6 +8,7 @@ deployment uses any more are removed here, then `ostree prune` frees their objec
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from imagemode.host import bound
@@ -15,6 +16,7 @@ from imagemode.host import ostree_api as api
 from imagemode.host import sysroot as sr
 from imagemode.store import importer, meta
 from imagemode.store.ostree import Repo
+from imagemode.ui import human_size
 
 
 def drop_extra_deployments(sysroot: api.Sysroot) -> int:
@@ -70,7 +72,24 @@ def prune_store(sysroot: api.Sysroot, repo: Repo, objects: bool = True) -> tuple
     return len(doomed), freed
 
 
-def prune() -> dict[str, Any]:
+@dataclass(frozen=True)
+class Pruned:
+    deployments_removed: int
+    refs_removed: int
+    bytes_freed: int
+    bound_images_removed: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def human(self) -> str:
+        lines = [f"freed {human_size(self.bytes_freed)}: {self.refs_removed} image and layer refs,"
+                 f" {self.deployments_removed} deployments"]  # fmt: skip
+        lines += [f"  removed bound image {r}: no deployment names it" for r in self.bound_images_removed]
+        return "\n".join(lines)
+
+
+def prune() -> Pruned:
     """`imagemode prune`: extra deployments, then the store, then bound images nothing names."""
     sr.require_booted()
     with sr.locked() as sysroot:
@@ -78,9 +97,4 @@ def prune() -> dict[str, Any]:
         refs, freed = prune_store(sysroot, Repo(sr.REPO))
         sysroot.load(None)
         images = bound.gc(sysroot)
-    return {
-        "deployments_removed": undeployed,
-        "refs_removed": refs,
-        "bytes_freed": freed,
-        "bound_images_removed": images,
-    }
+    return Pruned(undeployed, refs, freed, images)

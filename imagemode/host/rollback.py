@@ -9,7 +9,7 @@ first. A staged deployment is discarded either way.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from imagemode.errors import ImagemodeError
 from imagemode.host import ostree_api as api
@@ -25,6 +25,16 @@ class RollbackResult:
     digest: str
     queued: bool  # True: the next boot is the rollback deployment; False: a queued rollback was undone
     discarded_staged: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def human(self) -> str:
+        if self.queued:
+            text = f"next boot: {self.image} {self.digest} (the rollback deployment)"
+        else:
+            text = f"rollback undone: next boot is the booted deployment again, {self.image}"
+        return text + ("\n  the staged deployment was discarded" if self.discarded_staged else "")
 
 
 def reorder(deployments: list[D], booted: D) -> list[D]:
@@ -52,6 +62,4 @@ def rollback() -> RollbackResult:
         sysroot.load(None)
         first = sysroot.get_deployments()[0]
         d = sr.describe(sysroot, first)
-        return RollbackResult(
-            f"{d.checksum}.{d.serial}", d.image, d.digest, not sr.same(first, booted), staged is not None
-        )
+        return RollbackResult(d.id, d.image, d.digest, not sr.same(first, booted), staged is not None)

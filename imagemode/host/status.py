@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from imagemode.oci.reference import ReferenceError, Transport, parse
+from imagemode.host.ostree_api import deployment_id
+from imagemode.oci.reference import ImageRefError, Transport, parse
 
 API_VERSION = "org.containers.bootc/v1"
 KIND = "BootcHost"
@@ -33,6 +34,10 @@ class Deployment:
     download_only: bool = False
     signed: bool = False  # its updates must pass a policy that requires signatures (enforce mode)
 
+    @property
+    def id(self) -> str:
+        return deployment_id(self.checksum, self.serial)
+
 
 def image_reference(image: str, signed: bool = False) -> dict[str, Any]:
     """bootc's ImageReference: transport names as bootc spells them ("registry", "oci", ...), and the
@@ -41,17 +46,13 @@ def image_reference(image: str, signed: bool = False) -> dict[str, Any]:
     sig = "containerPolicy" if signed else None
     try:
         ref = parse(image)
-    except ReferenceError:
+    except ImageRefError:
         return {"image": image, "transport": "registry", "signature": sig}
     return {
         "image": str(ref),
         "transport": ref.transport.value if ref.transport is not Transport.REGISTRY else "registry",
         "signature": sig,
     }
-
-
-def deployment_id(d: Deployment) -> str:
-    return f"{d.checksum}.{d.serial}"
 
 
 def boot_entry(
@@ -91,7 +92,7 @@ def host_status(
     health = health or {}
 
     def entry(d: Deployment, cached: dict[str, Any] | None = None) -> dict[str, Any]:
-        return boot_entry(d, cached, health.get(deployment_id(d)))
+        return boot_entry(d, cached, health.get(d.id))
 
     spec_image = None
     source = staged or booted

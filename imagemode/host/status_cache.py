@@ -102,38 +102,36 @@ def load(fp: str) -> dict[str, Any] | None:
 
 def save(fp: str, status: dict[str, Any]) -> None:
     """Best effort: a status that cannot be kept (not root, /run full) is read again next time."""
-    tmp = f"{CACHE}.{os.getpid()}.tmp"
-    try:
-        os.makedirs(os.path.dirname(CACHE), mode=0o755, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(f"{MAGIC}\n{fp}\n{render(status, 'json', False, tty=False)}")
-        os.replace(tmp, CACHE)
-    except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+    import contextlib
+    from pathlib import Path
+
+    from imagemode import atomic
+
+    text = f"{MAGIC}\n{fp}\n{render(status, 'json', False, tty=False)}"
+    with contextlib.suppress(OSError):
+        atomic.write(Path(CACHE), text.encode(), mode=0o600, durable=False)
 
 
 def parse(argv: list[str]) -> tuple[str | None, bool] | None:
     """(format, --booted) for the plain forms of `status`; None for anything else, which the CLI parses."""
-    fmt: str | None = None
+    fmts: list[str] = []
     booted = False
     args = list(argv)
     while args:
         a = args.pop(0)
         if a == "--json":
-            fmt = "json"
+            fmts.append("json")
         elif a == "--booted":
             booted = True
         elif a == "--format" and args and args[0] in FORMATS:
-            fmt = args.pop(0)
+            fmts.append(args.pop(0))
         elif a.startswith("--format=") and a.split("=", 1)[1] in FORMATS:
-            fmt = a.split("=", 1)[1]
+            fmts.append(a.split("=", 1)[1])
         else:
             return None
-    return fmt, booted
+    if len(fmts) > 1:
+        return None  # --json with --format: the CLI says they contradict
+    return (fmts[0] if fmts else None), booted
 
 
 def render(status: dict[str, Any], fmt: str | None, booted: bool, tty: bool) -> str:

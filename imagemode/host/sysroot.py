@@ -88,16 +88,9 @@ def _origin_text(dep: api.Deployment | None) -> str | None:
     return str(text)
 
 
-def origin_image(dep: api.Deployment | None) -> str | None:
-    """The image a deployment follows, from its origin file."""
-    text = _origin_text(dep)
-    return origins.image_of(text) if text is not None else None
-
-
-def origin_signed(dep: api.Deployment | None) -> bool:
-    """Whether the deployment's updates must be signed (bootc's ostree-image-signed: origin)."""
-    text = _origin_text(dep)
-    return text is not None and origins.is_signed(text)
+def origin_of(dep: api.Deployment | None) -> origins.Origin:
+    """What a deployment follows, from its origin file (an empty Origin for none)."""
+    return origins.read(_origin_text(dep))
 
 
 def deployment_dir(sysroot: api.Sysroot, dep: api.Deployment) -> Path:
@@ -121,7 +114,7 @@ def same(a: api.Deployment | None, b: api.Deployment | None) -> bool:
 
 def download_only(dep: api.Deployment) -> bool:
     try:
-        return DOWNLOAD_ONLY.read_text().strip() == f"{dep.get_csum()}.{dep.get_deployserial()}"
+        return DOWNLOAD_ONLY.read_text().strip() == api.dep_id(dep)
     except FileNotFoundError:
         return False
 
@@ -132,18 +125,19 @@ def describe(sysroot: api.Sysroot, dep: api.Deployment, staged: bool = False) ->
     _, commit, _ = sysroot.repo().load_commit(csum)
     keys = string_metadata(commit)
     config = json.loads(keys.get(meta.CONFIG) or "{}")
+    origin = origin_of(dep)
     return Deployment(
         stateroot=dep.get_osname(),
         checksum=csum,
         serial=dep.get_deployserial(),
-        image=origin_image(dep) or keys.get(meta.IMAGE) or "",
+        image=origin.image or keys.get(meta.IMAGE) or "",
         digest=keys.get(meta.DIGEST) or "",
         version=keys.get(meta.VERSION),
         timestamp=ostree.commit_get_timestamp(commit),
         architecture=config.get("architecture", ""),
         pinned=dep.is_pinned(),
         download_only=staged and download_only(dep),
-        signed=origin_signed(dep),
+        signed=origin.signed,
     )
 
 
@@ -174,7 +168,7 @@ def read_cached_update(booted_digest: str) -> dict[str, Any] | None:
 
 def read_status(path: str = "/") -> dict[str, Any]:
     from imagemode.health.state import statuses
-    from imagemode.host.status import deployment_id, host_status
+    from imagemode.host.status import host_status
 
     if not booted_path():
         return host_status(None, None, None)
@@ -196,5 +190,5 @@ def read_status(path: str = "/") -> dict[str, Any]:
         rollback_queued=rollback_queued(sysroot),
         cached_update=read_cached_update(b.digest) if b else None,
         other=o,
-        health=statuses([deployment_id(d) for d in every]),
+        health=statuses([d.id for d in every]),
     )

@@ -16,7 +16,6 @@ Until step 4 nothing but the store has changed; a failure anywhere leaves the bo
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -25,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from imagemode import atomic
 from imagemode.boot import grubenv, kargs
+from imagemode.embed import bound as bound_images
 from imagemode.errors import ImagemodeError
 from imagemode.health import config as health_config
 from imagemode.health import state as health_state
@@ -40,6 +41,7 @@ from imagemode.oci.reference import ImageRef, Transport, parse
 from imagemode.store import fetch, importer, meta
 from imagemode.store.libostree import gi
 from imagemode.store.ostree import Repo
+from imagemode.ui import human_size
 
 
 class EtcConflictError(ImagemodeError):
@@ -77,11 +79,44 @@ class UpdateResult:
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
+    def human(self) -> str:
+        what = f"{self.image} {self.digest}" + (f" (version {self.version})" if self.version else "")
+        match self.outcome:
+            case Outcome.NO_UPDATE:
+                return f"no update available: {what} is booted"
+            case Outcome.AVAILABLE:
+                return f"update available: {what}\n  imagemode upgrade stages it"
+            case Outcome.RETARGETED:
+                return f"{self.image} is the booted image: the device now follows it (no new deployment)"
+            case Outcome.ALREADY_STAGED:
+                return f"already staged: {what}; it boots at the next restart"
+            case Outcome.FAILED_BEFORE:
+                return (f"not staged: {what} failed its health checks here at {self.failed_at}:"
+                        f" {self.failed_reason}\n"
+                        f"  to allow it again: imagemode health --forget {self.digest}")  # fmt: skip
+        fetched = (
+            f"fetched {self.layers_fetched} of {self.layers_total} layers ({human_size(self.bytes_fetched)})"
+            if self.layers_total else "applied the downloaded update"
+        )  # fmt: skip
+        lines = [f"staged {what}", f"  {fetched} in {self.seconds:.1f}s"]
+        if self.refs_removed:
+            lines.append(
+                f"  {self.refs_removed} unused image and layer refs removed; space is freed at next boot"
+            )
+        if self.outcome is Outcome.DOWNLOADED:
+            lines.append(
+                "  download only: not applied at shutdown; apply: imagemode upgrade --from-downloaded"
+            )
+        else:
+            lines.append(f"  it boots at the next restart, with {self.tries} tries to pass its health"
+                         " checks; imagemode rollback undoes it")  # fmt: skip
+        return "\n".join(lines)
+
 
 def followed_image(sysroot: api.Sysroot) -> ImageRef:
     """The image the device follows: the staged deployment's, else the booted one's."""
     dep = sysroot.get_staged_deployment() or sysroot.get_booted_deployment()
-    image = sr.origin_image(dep)
+    image = sr.origin_of(dep).image
     if not image:
         raise ImagemodeError("the booted deployment follows no image (its origin names none); use switch")
     return parse(image)
@@ -108,13 +143,6 @@ def _image_status(remote: fetch.Remote) -> dict[str, Any]:
         "imageDigest": remote.digest,
         "architecture": remote.config.get("architecture", ""),
     }
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _unlock_download(staged: api.Deployment) -> None:
@@ -167,7 +195,7 @@ def stage(
     new deployment's checksum.serial."""
     if hold:
         # Before staging: a shutdown between the two must not finalize what is download-only.
-        _write_atomic(sr.DOWNLOAD_ONLY, "pending\n")
+        atomic.write(sr.DOWNLOAD_ONLY, b"pending\n")
     try:
         _, new = sysroot.stage_tree(
             origin.STATEROOT, commit, _keyfile(origin.origin(target.skopeo, signed)), merge, args, None
@@ -176,10 +204,10 @@ def stage(
         if hold:
             sr.DOWNLOAD_ONLY.unlink(missing_ok=True)
         raise
-    serial = f"{new.get_csum()}.{new.get_deployserial()}"
+    serial = api.dep_id(new)
     grubenv.arm(grubenv.PHYSICAL, serial, tries)
     if hold:
-        _write_atomic(sr.DOWNLOAD_ONLY, serial + "\n")
+        atomic.write(sr.DOWNLOAD_ONLY, (serial + "\n").encode())
     else:
         sr.DOWNLOAD_ONLY.unlink(missing_ok=True)
     return serial
@@ -215,19 +243,17 @@ def _update(opts: UpdateOptions, on_bytes: fetch.OnBytes | None, say: Callable[[
                 )
             _unlock_download(staged)
             d = sr.describe(sysroot, staged, staged=True)
-            return UpdateResult(
-                Outcome.STAGED, d.image, d.digest, d.version, staged=f"{d.checksum}.{d.serial}"
-            )
+            return UpdateResult(Outcome.STAGED, d.image, d.digest, d.version, staged=d.id)
         authfile = auth.find()
         followed = staged or booted
-        enforce = sr.origin_signed(followed) if opts.enforce is None else opts.enforce
+        enforce = sr.origin_of(followed).signed if opts.enforce is None else opts.enforce
         trust = policies.Trust(enforce=enforce)
         if enforce and target.transport is not Transport.OCI_ARCHIVE:
             # A bundle's own signatures are checked against the identity they sign (oci.archive).
             policies.require_signatures(policies.load(trust.policy), target)
         say(f"reading {target.skopeo}")
         remote = fetch.inspect(target, authfile, trust=trust)
-        booted_image = sr.origin_image(booted)
+        booted_image = sr.origin_of(booted).image
 
         def said(outcome: Outcome, staged: str = "") -> UpdateResult:
             return UpdateResult(outcome, target.skopeo, remote.digest, remote.version, staged=staged)
@@ -235,10 +261,10 @@ def _update(opts: UpdateOptions, on_bytes: fetch.OnBytes | None, say: Callable[[
         failed = health_state.failed_image(remote.digest)
         plan = decisions.plan_update(decisions.UpdateFacts(
             booted_is_it=_same_image(sysroot, booted, remote),
-            booted_follows_it=booted_image == target.skopeo and sr.origin_signed(booted) == enforce,
+            booted_follows_it=booted_image == target.skopeo and sr.origin_of(booted).signed == enforce,
             staged=staged is not None,
-            staged_is_it=_same_image(sysroot, staged, remote) and sr.origin_image(staged) == target.skopeo
-            and sr.origin_signed(staged) == enforce,
+            staged_is_it=_same_image(sysroot, staged, remote) and sr.origin_of(staged).image == target.skopeo
+            and sr.origin_of(staged).signed == enforce,
             failed_here=failed is not None,
             check=opts.check,
             download_only=opts.download_only,
@@ -255,7 +281,7 @@ def _update(opts: UpdateOptions, on_bytes: fetch.OnBytes | None, say: Callable[[
             sysroot.write_origin_file(booted, _keyfile(origin.origin(target.skopeo, enforce)), None)
         if plan.outcome not in (Outcome.STAGED, Outcome.DOWNLOADED):
             if plan.cached_update is True:
-                _write_atomic(sr.CACHED_UPDATE, json.dumps(_image_status(remote)) + "\n")
+                atomic.write(sr.CACHED_UPDATE, (json.dumps(_image_status(remote)) + "\n").encode())
             elif plan.cached_update is False:
                 sr.CACHED_UPDATE.unlink(missing_ok=True)
             if plan.outcome is Outcome.ALREADY_STAGED:
@@ -263,7 +289,7 @@ def _update(opts: UpdateOptions, on_bytes: fetch.OnBytes | None, say: Callable[[
                 if plan.unlock_download:
                     _unlock_download(staged)
                 d = sr.describe(sysroot, staged, staged=True)
-                return said(plan.outcome, f"{d.checksum}.{d.serial}")
+                return said(plan.outcome, d.id)
             return said(plan.outcome)
         tries = health_config.load().tries  # a broken health.toml stops the update before it starts
         repo = Repo(sr.REPO)
@@ -276,7 +302,7 @@ def _update(opts: UpdateOptions, on_bytes: fetch.OnBytes | None, say: Callable[[
                 check_bootable=True, trust=trust,
             )  # fmt: skip
             check_etc(sysroot, repo, booted, imp.commit, work)
-            bound.pull(bound.in_commit(repo, imp.commit), say)
+            bound.pull(bound_images.in_commit(repo, imp.commit), say)
             merge = sysroot.get_merge_deployment(origin.STATEROOT) or booted
             args = new_kargs(sysroot, repo, merge, imp.commit)
         finally:

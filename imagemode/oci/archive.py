@@ -19,7 +19,6 @@ gives, and the importer checks both of its digests).
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 import tarfile
@@ -33,7 +32,8 @@ from imagemode.errors import ImagemodeError
 from imagemode.oci import manifest as oci_manifest
 from imagemode.oci import policy as policies
 from imagemode.oci import signature
-from imagemode.oci.reference import ImageRef, ReferenceError, Transport, parse
+from imagemode.oci.layout import blob_name
+from imagemode.oci.reference import ImageRef, ImageRefError, Transport, parse
 
 SIGNATURES = "imagemode-signatures.json"
 MAX_SIGNATURES = 16
@@ -83,10 +83,6 @@ def _member(tar: tarfile.TarFile, name: str, limit: int, where: str) -> bytes | 
     return f.read(limit + 1)
 
 
-def blob_name(digest: str) -> str:
-    return f"blobs/sha256/{digest.removeprefix('sha256:')}"
-
-
 def _open(path: Path) -> tarfile.TarFile:
     try:
         return tarfile.open(path, "r:")
@@ -110,7 +106,7 @@ def _signed(raw: bytes, where: str) -> Signed:
         decoded = tuple(signature.decode(s, f"{where}: {SIGNATURES}") for s in sigs)
     except (oci_manifest.ManifestError, signature.SignatureError) as e:
         raise ArchiveError(str(e)) from None
-    except ReferenceError:
+    except ImageRefError:
         raise ArchiveError(f"{where}: {SIGNATURES}: the identity is not an image reference") from None
     if ident.transport is not Transport.REGISTRY:
         raise ArchiveError(f"{where}: {SIGNATURES}: the identity must be a registry reference")
@@ -119,7 +115,7 @@ def _signed(raw: bytes, where: str) -> Signed:
 
 def _small_blob(tar: tarfile.TarFile, digest: str, what: str, where: str) -> bytes:
     raw = _member(tar, blob_name(digest), oci_manifest.MAX_JSON, where)
-    if raw is None or "sha256:" + hashlib.sha256(raw).hexdigest() != digest:
+    if raw is None or oci_manifest.digest_of(raw) != digest:
         raise ArchiveError(f"{where}: the {what} {digest} is missing or does not match its digest")
     return raw
 

@@ -17,6 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from imagemode.oci import manifest as oci_manifest
+from imagemode.oci.manifest import digest_of
+
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
@@ -38,6 +41,16 @@ class _HashingWriter:
 
     def flush(self) -> None:
         self.f.flush()
+
+
+def blob_name(digest: str) -> str:
+    """Where a blob is in an OCI layout (or in the tar of one); the digest is checked first, so
+    that it is never a path."""
+    return "blobs/sha256/" + oci_manifest.digest(digest, "blob").removeprefix("sha256:")
+
+
+def blob_path(layout: Path, digest: str) -> Path:
+    return layout / blob_name(digest)
 
 
 @dataclass(frozen=True)
@@ -141,7 +154,7 @@ class Layout:
 
     def add_json(self, obj: dict[str, Any], media_type: str) -> Blob:
         data = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-        blob = Blob(f"sha256:{hashlib.sha256(data).hexdigest()}", len(data), media_type)
+        blob = Blob(digest_of(data), len(data), media_type)
         (self.blobs / blob.hex).write_bytes(data)
         return blob
 

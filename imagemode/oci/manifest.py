@@ -9,6 +9,7 @@ types are ones imagemode can unpack, and the platform is this machine's. A failu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import re
@@ -44,6 +45,11 @@ class ManifestError(ImagemodeError):
 
 def machine_arch() -> str:
     return GOARCH.get(platform.machine(), platform.machine())
+
+
+def digest_of(data: bytes | str) -> str:
+    """The OCI digest of a blob, a manifest or a config, as its bytes hash (text is UTF-8)."""
+    return "sha256:" + hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
 
 
 def digest(value: object, what: str) -> str:

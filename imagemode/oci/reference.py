@@ -25,7 +25,7 @@ class Transport(enum.StrEnum):
         return "docker://" if self is Transport.REGISTRY else f"{self.value}:"
 
 
-class ReferenceError(ImagemodeError):
+class ImageRefError(ImagemodeError):
     pass
 
 
@@ -73,20 +73,20 @@ def _split_name(text: str, original: str) -> tuple[str, str | None, str | None]:
     if "@" in text:
         text, digest = text.rsplit("@", 1)
         if not _DIGEST_RE.match(digest):
-            raise ReferenceError(f"invalid image reference {original!r}: bad digest {digest!r}")
+            raise ImageRefError(f"invalid image reference {original!r}: bad digest {digest!r}")
     tag = None
     slash = text.rfind("/")
     colon = text.rfind(":")
     if colon > slash:
         text, tag = text[:colon], text[colon + 1 :]
         if not _TAG_RE.match(tag):
-            raise ReferenceError(f"invalid image reference {original!r}: bad tag {tag!r}")
+            raise ImageRefError(f"invalid image reference {original!r}: bad tag {tag!r}")
     m = _NAME_RE.match(text)
     if m and m["domain"] and not has_domain(text):
         # Only a component with '.' or ':' or 'localhost' is a host; anything else is lowercase path.
         m = _NAME_RE.match("x/" + text)
     if not m or len(text) > 255:
-        raise ReferenceError(
+        raise ImageRefError(
             f"invalid image reference {original!r}: a name is lowercase letters, digits and separators,"
             " optionally behind a registry host"
         )
@@ -107,7 +107,7 @@ def parse(text: str, transport: str | Transport | None = None) -> ImageRef:
     """
     original = text
     if not text or text != text.strip():
-        raise ReferenceError(f"invalid image reference {original!r}: empty or surrounded by spaces")
+        raise ImageRefError(f"invalid image reference {original!r}: empty or surrounded by spaces")
     if transport is None:
         if text.startswith("docker://"):
             transport, text = Transport.REGISTRY, text[len("docker://") :]
@@ -123,14 +123,14 @@ def parse(text: str, transport: str | Transport | None = None) -> ImageRef:
             transport = Transport(transport)
         except ValueError:
             choices = ", ".join(t.value for t in Transport)
-            raise ReferenceError(f"unknown transport {transport!r}; use one of: {choices}") from None
+            raise ImageRefError(f"unknown transport {transport!r}; use one of: {choices}") from None
     if transport in (Transport.OCI, Transport.OCI_ARCHIVE):
         path, _, path_tag = text.partition(":")
         if not path:
-            raise ReferenceError(f"invalid image reference {original!r}: no path after {transport.value}:")
+            raise ImageRefError(f"invalid image reference {original!r}: no path after {transport.value}:")
         return ImageRef(transport, tag=path_tag or None, path=path)
     if transport is Transport.CONTAINERS_STORAGE and text.startswith("["):
-        raise ReferenceError(f"invalid image reference {original!r}: storage specifiers are not supported")
+        raise ImageRefError(f"invalid image reference {original!r}: storage specifiers are not supported")
     name, tag, digest = _split_name(text, original)
     if transport is Transport.CONTAINERS_STORAGE and not has_domain(name):
         # podman stores unqualified local names under localhost/, so look them up the same way.

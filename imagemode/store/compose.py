@@ -15,7 +15,7 @@ import socket
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from imagemode.build.lint import TMPFILES_DIRS, parse_tmpfiles
+from imagemode import tmpfiles
 from imagemode.errors import ImagemodeError
 from imagemode.store.layers import Whiteouts
 from imagemode.store.libostree import child, dirmeta, gi
@@ -133,13 +133,13 @@ class Tree:
 
     def tmpfiles(self) -> dict[str, str]:
         texts = []
-        for d in TMPFILES_DIRS:
+        for d in tmpfiles.DIRS:
             node = self.dir(d)
             for name, csum in sorted((node.get_files() if node is not None else {}).items()):
                 text = self.read_text(csum) if name.endswith(".conf") else None
                 if text is not None:
                     texts.append(text)
-        return parse_tmpfiles(texts)
+        return tmpfiles.parse(texts)
 
     # -- the ostree layout --------------------------------------------------------------------------
 

@@ -11,7 +11,6 @@ missing out of the tar, where skopeo would unpack all of it for each inspect and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -26,6 +25,8 @@ from typing import Any
 from imagemode.errors import ImagemodeError
 from imagemode.oci import archive, storage
 from imagemode.oci import manifest as oci_manifest
+from imagemode.oci.image import Image
+from imagemode.oci.layout import blob_name, blob_path
 from imagemode.oci.policy import PolicyError, Trust
 from imagemode.oci.reference import ImageRef, Transport
 from imagemode.run import RunError, disk_watchdog
@@ -94,36 +95,14 @@ def explain(ref: ImageRef, e: RunError) -> FetchError:
     return FetchError(f"cannot read {ref.skopeo}: {cause(e)}")
 
 
-@dataclass(frozen=True)
-class Remote:
-    """An image as its source describes it, read without a layer: manifest digest, manifest, config.
-    Both were checked whole (imagemode.oci.manifest) before this object was made."""
+@dataclass(frozen=True, kw_only=True)
+class Remote(Image):
+    """An image as its source describes it, read without a layer."""
 
     ref: ImageRef
     source: ImageRef  # what to copy: the platform's manifest by digest when `ref` names a list
-    digest: str
-    manifest: dict[str, Any]
-    config: dict[str, Any]
     tls_verify: bool = True  # False only for a plain-HTTP registry given by the caller (tests)
     signed_bundle: bool = False  # an archive whose signatures imagemode checked (imagemode.oci.archive)
-
-    @property
-    def config_digest(self) -> str:
-        d: str = self.manifest["config"]["digest"]
-        return d
-
-    @property
-    def diff_ids(self) -> list[str]:
-        ids: list[str] = self.config["rootfs"]["diff_ids"]
-        return ids
-
-    @property
-    def version(self) -> str | None:
-        return oci_manifest.labels(self.config).get("org.opencontainers.image.version")
-
-
-def _sha256(text: str) -> str:
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def inspect(
@@ -151,20 +130,23 @@ def inspect(
                 )
             source = ImageRef(ref.transport, name=ref.name, digest=found)
             raw = storage.inspect_raw(source, authfile=authfile, tls_verify=tls_verify)
-            if _sha256(raw) != found:
+            if oci_manifest.digest_of(raw) != found:
                 raise FetchError(f"{where}: the registry sent a manifest that is not {found}")
         if ref.transport is Transport.REGISTRY:
-            source = ImageRef(ref.transport, name=ref.name, digest=_sha256(raw))
+            source = ImageRef(ref.transport, name=ref.name, digest=oci_manifest.digest_of(raw))
         manifest = oci_manifest.manifest(raw, f"{where}: manifest")
         cfg_raw = storage.inspect_raw(source, config=True, authfile=authfile, tls_verify=tls_verify)
-        if _sha256(cfg_raw) != manifest["config"]["digest"]:
+        if oci_manifest.digest_of(cfg_raw) != manifest["config"]["digest"]:
             raise FetchError(f"{where}: the config sent is not {manifest['config']['digest']}")
         config = oci_manifest.config(cfg_raw, len(manifest["layers"]), f"{where}: config")
     except RunError as e:
         raise explain(ref, e) from None
     except oci_manifest.ManifestError as e:
         raise FetchError(str(e)) from None
-    return Remote(ref, source, _sha256(raw), manifest, config, tls_verify)
+    digest = oci_manifest.digest_of(raw)
+    return Remote(
+        ref=ref, source=source, digest=digest, manifest=manifest, config=config, tls_verify=tls_verify
+    )
 
 
 def _inspect_archive(ref: ImageRef, trust: Trust) -> Remote:
@@ -187,12 +169,8 @@ def _inspect_archive(ref: ImageRef, trust: Trust) -> Remote:
         raise FetchError(str(e)) from None
     except oci_manifest.ManifestError as e:
         raise FetchError(str(e)) from None
-    return Remote(ref, ref, contents.manifest_digest, manifest, config, signed_bundle=signed is not None)
-
-
-def _blob_path(layout: Path, digest: str) -> Path:
-    algo, hexd = digest.split(":", 1)
-    return layout / "blobs" / algo / hexd
+    return Remote(ref=ref, source=ref, digest=contents.manifest_digest, manifest=manifest, config=config,
+                  signed_bundle=signed is not None)  # fmt: skip
 
 
 def _allocated(layout: Path) -> int:
@@ -287,8 +265,8 @@ def _from_archive(
                 f" {contents.manifest_digest}, not {remote.digest}); nothing was imported"
             )
         manifest = contents.manifest
-        (layout / archive.blob_name(remote.digest)).write_bytes(manifest)
-        (layout / archive.blob_name(cfg)).write_bytes(archive.config(path, cfg))
+        (layout / blob_name(remote.digest)).write_bytes(manifest)
+        (layout / blob_name(cfg)).write_bytes(archive.config(path, cfg))
     except archive.ArchiveError as e:
         raise FetchError(str(e)) from None
     except OSError as e:
@@ -334,7 +312,7 @@ def fetch(
     (layout / "index.json").write_text('{"schemaVersion": 2, "manifests": []}')
     for desc, diff_id in zip(descs, remote.diff_ids, strict=True):
         if have_layer(diff_id):
-            blob = _blob_path(layout, desc["digest"])
+            blob = blob_path(layout, desc["digest"])
             blob.parent.mkdir(parents=True, exist_ok=True)
             with open(blob, "wb") as f:
                 f.truncate(int(desc["size"]))

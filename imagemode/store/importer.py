@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -22,6 +21,8 @@ from typing import Any
 
 from imagemode.errors import ImagemodeError
 from imagemode.oci import manifest as oci_manifest
+from imagemode.oci.image import Image
+from imagemode.oci.layout import blob_path
 from imagemode.oci.policy import Trust
 from imagemode.oci.reference import ImageRef
 from imagemode.store import compose, fetch, layers, meta
@@ -32,30 +33,18 @@ LAYER_REF = "imagemode/layer/"
 IMAGE_REF = "imagemode/image/"
 
 
-class ImportError_(ImagemodeError):
+class ImageImportError(ImagemodeError):
     pass
 
 
-@dataclass(frozen=True)
-class OciImage:
-    """An image in an OCI layout directory: its manifest (and digest) and config."""
+@dataclass(frozen=True, kw_only=True)
+class OciImage(Image):
+    """An image in an OCI layout directory."""
 
     layout: Path
-    manifest_digest: str
-    manifest: dict[str, Any]
-    config: dict[str, Any]
 
     def blob(self, digest: str) -> Path:
-        return self.layout / "blobs/sha256" / oci_manifest.digest(digest, "blob")[len("sha256:") :]
-
-    @property
-    def labels(self) -> dict[str, str]:
-        return oci_manifest.labels(self.config)
-
-    @property
-    def diff_ids(self) -> list[str]:
-        ids: list[str] = self.config["rootfs"]["diff_ids"]
-        return ids
+        return blob_path(self.layout, digest)
 
 
 def read_layout(path: Path, tag: str | None = None) -> OciImage:
@@ -65,20 +54,21 @@ def read_layout(path: Path, tag: str | None = None) -> OciImage:
         if tag is not None:
             entries = [m for m in entries if (m.get("annotations") or {}).get(REF_NAME) == tag]
         if len(entries) != 1:
-            raise ImportError_(
+            raise ImageImportError(
                 f"{path}: expected one image{f' tagged {tag}' if tag else ''}, found {len(entries)}"
             )
         digest = entries[0]["digest"]
-        img = OciImage(path, digest, {}, {})
-        raw = _read_blob(img.blob(digest), digest)
+        raw = _read_blob(blob_path(path, digest), digest)
         if oci_manifest.is_index(oci_manifest.load(raw, "manifest")):
-            raise ImportError_("the image is a manifest list; copy one platform's image")
+            raise ImageImportError("the image is a manifest list; copy one platform's image")
         manifest = oci_manifest.manifest(raw)
         cfg_digest = manifest["config"]["digest"]
-        cfg = oci_manifest.config(_read_blob(img.blob(cfg_digest), cfg_digest), len(manifest["layers"]))
+        cfg = oci_manifest.config(
+            _read_blob(blob_path(path, cfg_digest), cfg_digest), len(manifest["layers"])
+        )
     except oci_manifest.ManifestError as e:
-        raise ImportError_(str(e)) from None
-    return OciImage(path, digest, manifest, cfg)
+        raise ImageImportError(str(e)) from None
+    return OciImage(layout=path, digest=digest, manifest=manifest, config=cfg)
 
 
 def _read_blob(path: Path, digest: str) -> bytes:
@@ -87,13 +77,13 @@ def _read_blob(path: Path, digest: str) -> bytes:
         with open(path, "rb") as f:
             data = f.read(oci_manifest.MAX_JSON + 1)
     except OSError as e:
-        raise ImportError_(f"blob {digest} is missing from the layout ({e.strerror})") from None
+        raise ImageImportError(f"blob {digest} is missing from the layout ({e.strerror})") from None
     if len(data) > oci_manifest.MAX_JSON:
-        raise ImportError_(
+        raise ImageImportError(
             f"blob {digest}: more than the {oci_manifest.MAX_JSON} bytes a manifest or config may have"
         )
-    if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
-        raise ImportError_(f"blob {digest} does not match its digest")
+    if oci_manifest.digest_of(data) != digest:
+        raise ImageImportError(f"blob {digest} does not match its digest")
     return data
 
 
@@ -164,7 +154,7 @@ def import_oci(
             repo.delete_ref(r)
         raise
     return ImportResult(
-        commit, ref, image, img.manifest_digest, version, len(descs), len(made), diff_ids=tuple(img.diff_ids)
+        commit, ref, image, img.digest, version, len(descs), len(made), diff_ids=tuple(img.diff_ids)
     )
 
 
@@ -173,7 +163,7 @@ def _compose(repo: Repo, img: OciImage, image: str, check_bootable: bool) -> tup
     version = img.labels.get("org.opencontainers.image.version", "")
     keys = {
         meta.IMAGE: image,
-        meta.DIGEST: img.manifest_digest,
+        meta.DIGEST: img.digest,
         meta.MANIFEST: json.dumps(img.manifest, sort_keys=True),
         meta.CONFIG: json.dumps(img.config, sort_keys=True),
     }
@@ -188,9 +178,11 @@ def _compose(repo: Repo, img: OciImage, image: str, check_bootable: bool) -> tup
             kernels = tree.kernels()
             if len(kernels) != 1:
                 found = "no kernel in /usr/lib/modules" if not kernels else f"{len(kernels)} kernels"
-                raise ImportError_(f"{image} is not bootable: {found}; a bootable image carries exactly one")
+                raise ImageImportError(
+                    f"{image} is not bootable: {found}; a bootable image carries exactly one"
+                )
         tree.ostree_layout()
-        subject = f"{image}@{img.manifest_digest}"
+        subject = f"{image}@{img.digest}"
         commit = tree.commit(ref, subject, keys, _epoch(img.config.get("created", "")))
     return commit, ref, version
 
@@ -231,9 +223,9 @@ def import_image(
     got = fetch.fetch(remote, have, work, authfile, on_bytes, store=repo.path, trust=trust)
     try:
         img = read_layout(got.layout, "image")
-        if img.manifest_digest != remote.digest:
-            raise ImportError_(
-                f"{src.skopeo}: the manifest copied is {img.manifest_digest}, not the {remote.digest}"
+        if img.digest != remote.digest:
+            raise ImageImportError(
+                f"{src.skopeo}: the manifest copied is {img.digest}, not the {remote.digest}"
                 " that was read (it changed meanwhile); nothing was imported"
             )
         ref = ref_for(src)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imagemode.errors import ImagemodeError
-from imagemode.run import RunError, ToolMissingError, run, which
+from imagemode.run import RunError, ToolMissingError, run, spawn, which
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
@@ -88,8 +88,8 @@ def kvm_works() -> bool:
                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
                "-drive", f"if=pflash,format=raw,unit=1,file={vars_}"]  # fmt: skip
         try:
-            p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        except OSError:
+            p = spawn(cmd, stderr=subprocess.DEVNULL)
+        except (OSError, ToolMissingError):
             return False
         try:
             assert p.stdout is not None
@@ -175,9 +175,7 @@ class VM:
         self._console.clear()
         self._last_output = time.monotonic()
         logf = open(self.serial_log, "ab") if self.serial_log else None  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
+        self.proc = spawn(self.command(), stderr=subprocess.STDOUT)
         threading.Thread(target=self._read, args=(self.proc, logf), daemon=True).start()
         return self
 

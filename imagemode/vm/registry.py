@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import tempfile
@@ -16,9 +15,10 @@ from pathlib import Path
 
 from imagemode.errors import ImagemodeError
 from imagemode.oci import storage
+from imagemode.oci.manifest import digest_of
 from imagemode.oci.policy import Trust
 from imagemode.oci.reference import ImageRef, parse
-from imagemode.run import ToolMissingError, which
+from imagemode.run import ToolMissingError, spawn, which
 from imagemode.vm.qemu import free_port
 
 
@@ -56,9 +56,7 @@ class Registry:
             config += f"auth: {{htpasswd: {{realm: imagemode, path: {self.root / 'htpasswd'}}}}}\n"
         (self.root / "config.yml").write_text(config)
         log = open(self.root / "registry.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            ["docker-registry", "serve", str(self.root / "config.yml")], stdout=log, stderr=log
-        )
+        self.proc = spawn(["docker-registry", "serve", self.root / "config.yml"], stdout=log, stderr=log)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
@@ -101,7 +99,7 @@ class Registry:
         """The manifest digest this registry serves for NAME[:TAG]: what a device that pulls it records
         (a push compresses the layers, so it differs from the local image's)."""
         raw = storage.inspect_raw(parse(f"{self.address}/{name}"), tls_verify=False)
-        return "sha256:" + hashlib.sha256(raw.encode()).hexdigest()
+        return digest_of(raw)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -52,11 +52,9 @@ class Report:
         return d
 
 
-def dep_id(dep: api.Deployment) -> str:
-    return f"{dep.get_csum()}.{dep.get_deployserial()}"
-
-
-def _hooks(kind: str, cfg: config.HealthConfig, env: dict[str, str], say: Callable[[Result], None]) -> None:
+def _hooks(
+    kind: checks.Kind, cfg: config.HealthConfig, env: dict[str, str], say: Callable[[Result], None]
+) -> None:
     checks.run_scripts(checks.discover(kind), cfg, env, say)
 
 
@@ -75,13 +73,14 @@ def _finish_fallback(
 ) -> list[str]:
     """Step 1. Returns what was done."""
     tried = env.get(grubenv.TRY)
-    if not tried or tried == dep_id(booted):
+    if not tried or tried == api.dep_id(booted):
         return []  # the common boot: nothing counted, or the counted one is booted (no lock needed)
     with sr.locked() as sysroot:
         staged = sysroot.get_staged_deployment()
-        by_id = {dep_id(d): d for d in sysroot.get_deployments()}
+        by_id = {api.dep_id(d): d for d in sysroot.get_deployments()}
         facts = decisions.BootFacts(
-            booted=dep_id(booted), deployments=tuple(by_id), staged=dep_id(staged) if staged else None,
+            booted=api.dep_id(booted), deployments=tuple(by_id),
+            staged=api.dep_id(staged) if staged else None,
             tried=tried, tries_left=env.get(grubenv.TRIES), fell_back_from=env.get(grubenv.FALLBACK),
         )  # fmt: skip
         what = decisions.fallback(facts)
@@ -92,9 +91,9 @@ def _finish_fallback(
             return []
         old = state.records().get(tried, {})
         d = sr.describe(sysroot, by_id[tried])
-        reason = old.get("reason") if old.get("state") == state.FAILED else None
+        reason = old.get("reason") if old.get("state") == state.State.FAILED else None
         state.record(tried, {
-            "state": state.FAILED, "at": state.now(), "image": d.image, "digest": d.digest,
+            "state": state.State.FAILED, "at": state.now(), "image": d.image, "digest": d.digest,
             "reason": reason or "no healthy boot in its tries: it panicked, hung or lost power before "
                                 "its checks passed",
             "check": old.get("check"), "failed": old.get("failed", []), "fellBack": True,
@@ -105,7 +104,7 @@ def _finish_fallback(
             sysroot.load(None)
         grub.update(grubenv.PHYSICAL)
         grubenv.disarm(grubenv.PHYSICAL)
-    _hooks(checks.RED, cfg, {"IMAGEMODE_HEALTH": "fallback", "IMAGEMODE_FAILED_DEPLOYMENT": tried}, say)
+    _hooks(checks.Kind.RED, cfg, {"IMAGEMODE_HEALTH": "fallback", "IMAGEMODE_FAILED_DEPLOYMENT": tried}, say)
     return [f"fell back from {tried}: marked it failed and made the booted deployment the default"]
 
 
@@ -115,11 +114,11 @@ def run(boot: bool = False, say: Callable[[Result], None] = lambda r: None) -> R
     cfg = config.load()
     sysroot = sr.load()
     booted = sr.booted(sysroot)
-    me = dep_id(booted)
+    me = api.dep_id(booted)
     env = grubenv.read(grubenv.PHYSICAL)
     actions = [*_sync_menu(), *_finish_fallback(env, booted, cfg, say)] if boot else []
-    results = checks.run_scripts(checks.discover(checks.REQUIRED), cfg, None, say)
-    results += checks.run_scripts(checks.discover(checks.WANTED), cfg, None, say)
+    results = checks.run_scripts(checks.discover(checks.Kind.REQUIRED), cfg, None, say)
+    results += checks.run_scripts(checks.discover(checks.Kind.WANTED), cfg, None, say)
     for r in checks.unit_checks():
         say(r)
         results.append(r)
@@ -133,9 +132,11 @@ def run(boot: bool = False, say: Callable[[Result], None] = lambda r: None) -> R
     state.save_last({**report.to_dict(), "boot": boot})
     if boot:
         if failed is None:
-            _hooks(checks.GREEN, cfg, {"IMAGEMODE_HEALTH": "healthy"}, say)
+            _hooks(checks.Kind.GREEN, cfg, {"IMAGEMODE_HEALTH": "healthy"}, say)
         else:
-            _hooks(checks.RED, cfg, {"IMAGEMODE_HEALTH": "failed", "IMAGEMODE_FAILED_DEPLOYMENT": me}, say)
+            _hooks(
+                checks.Kind.RED, cfg, {"IMAGEMODE_HEALTH": "failed", "IMAGEMODE_FAILED_DEPLOYMENT": me}, say
+            )
     return report
 
 
@@ -149,18 +150,18 @@ def _verdict(
     actions: list[str],
 ) -> bool:
     """Step 3: record the verdict and act on the counter. Returns whether to reboot."""
-    warned = [r.name for r in results if r.status == checks.WARNED]
+    warned = [r.name for r in results if r.status == checks.Status.WARNED]
     if failed is None:
-        state.record(me, {"state": state.HEALTHY, "at": at, "image": d.image, "digest": d.digest,
+        state.record(me, {"state": state.State.HEALTHY, "at": at, "image": d.image, "digest": d.digest,
                           "warned": warned})  # fmt: skip
     else:
         out = failed.output.strip().splitlines()
         state.record(me, {
-            "state": state.FAILED, "at": at, "image": d.image, "digest": d.digest,
+            "state": state.State.FAILED, "at": at, "image": d.image, "digest": d.digest,
             "reason": f"{failed.kind} check {failed.name} failed ({failed.reason})"
                       + (f": {out[-1][:200]}" if out else ""),
             "check": failed.name, "warned": warned,
-            "failed": [r.to_dict() for r in results if r.status == checks.FAILED],
+            "failed": [r.to_dict() for r in results if r.status == checks.Status.FAILED],
         })  # fmt: skip
     v = decisions.verdict(failed is None, counted)
     if v.disarm:
