@@ -158,7 +158,7 @@ VERBS: tuple[Verb, ...] = (
                  "a build host's own /usr is never meant)"),
              flag("--dry-run", help="print what would be embedded; copy nothing"),
              JSON, TLS,
-         ), exclusive=(("dry_run", "root"),)),
+         )),
     Verb(("bundle",), "write an OS image as one oci-archive, for offline updates",
          "Write a local bootable image, with every workload image embedded in it, to one oci-archive "
          "file. A device applies it with no network: imagemode switch --transport oci-archive PATH.",
