@@ -383,8 +383,8 @@ def test_v2_booted_with_local_etc_kept(vm: VM, images: dict[str, str]) -> None:
 
 
 def test_rollback_twice_undoes_and_thrice_queues(vm: VM) -> None:
-    # The boot's verdict holds the sysroot lock while it clears v2's counter; a start of its oneshot
-    # unit returns once that run has finished (at once if it has).
+    # The boot's verdict clears v2's counter under the sysroot lock (rollback would wait for it); the
+    # story has the verdict first. A start of its oneshot unit returns once that run has finished.
     vm.exec("systemctl start imagemode-health.service")
     assert vm.exec("imagemode rollback").stdout.startswith("next boot:")
     assert status(vm)["status"]["rollbackQueued"] is True

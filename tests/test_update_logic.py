@@ -118,3 +118,41 @@ def test_transfer_bar_has_bytes_rate_and_eta() -> None:
     assert "ETA 0:06" in out.getvalue()
     t(4 * 1024 * 1024, 4 * 1024 * 1024, 8.0)
     assert out.getvalue().endswith("\n")
+
+
+class Locks:
+    """A sysroot whose lock another holder gives up after `busy` tries."""
+
+    def __init__(self, busy: int) -> None:
+        self.busy, self.tries, self.held = busy, 0, False
+
+    def try_lock(self) -> tuple[bool, bool]:
+        self.tries += 1
+        self.held = self.tries > self.busy
+        return True, self.held
+
+    def unlock(self) -> None:
+        self.held = False
+
+    def load(self, _: object) -> None:
+        pass
+
+
+def test_sysroot_lock_is_waited_for_then_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from imagemode.host import sysroot
+
+    brief = Locks(busy=2)  # the boot's verdict, done in a second
+    monkeypatch.setattr(sysroot, "load", lambda path: brief)
+    with sysroot.locked(wait=5) as held:
+        assert held is brief and brief.held and brief.tries == 3
+    assert not brief.held
+    assert "waiting for the sysroot lock" in caplog.text
+
+    never = Locks(busy=10**6)  # a download that outlasts the wait
+    monkeypatch.setattr(sysroot, "load", lambda path: never)
+    refused = r"^another update holds the sysroot lock .* after 1s; try again later$"
+    with pytest.raises(ImagemodeError, match=refused), sysroot.locked(wait=1):
+        raise AssertionError("the body ran without the lock")
+    assert 2 <= never.tries <= 4

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -26,6 +28,10 @@ CACHED_UPDATE = Path("/var/lib/imagemode/cached-update.json")
 DOWNLOAD_ONLY = Path("/run/imagemode/download-only")
 # An update removed refs: imagemode-prune.service frees their objects at the next boot.
 PRUNE_PENDING = WORK / "prune-pending"
+# How long a device verb waits for another holder of the sysroot lock (docs/upgrade.md).
+LOCK_WAIT = 60.0
+
+log = logging.getLogger("imagemode.host")
 
 
 class NotADeviceError(ImagemodeError):
@@ -63,12 +69,22 @@ def booted(sysroot: api.Sysroot) -> api.Deployment:
 
 
 @contextlib.contextmanager
-def locked(path: str = "/") -> Iterator[api.Sysroot]:
-    """The loaded sysroot, with ostree's sysroot lock held: one update at a time, timer or not."""
+def locked(path: str = "/", wait: float = LOCK_WAIT) -> Iterator[api.Sysroot]:
+    """The loaded sysroot, with ostree's sysroot lock held: one update at a time, timer or not.
+
+    A holder that is busy for seconds (the boot's verdict, a prune) is waited for; one that is busy for
+    longer (a download) is reported after `wait` seconds rather than queued behind without end."""
     sysroot = load(path)
+    deadline = time.monotonic() + wait
     _, acquired = sysroot.try_lock()
     if not acquired:
-        raise ImagemodeError("another update holds the sysroot lock (/sysroot/ostree/lock); try again later")
+        log.warning("waiting for the sysroot lock: another update holds it (up to %.0fs)", wait)
+    while not acquired and time.monotonic() < deadline:
+        time.sleep(0.5)
+        _, acquired = sysroot.try_lock()
+    if not acquired:
+        held = "another update holds the sysroot lock (/sysroot/ostree/lock)"
+        raise ImagemodeError(f"{held} after {wait:.0f}s; try again later")
     try:
         sysroot.load(None)  # what another holder of the lock changed before we got it
         yield sysroot
