@@ -100,6 +100,12 @@ LINT_TEXT = (
     "Exit 1 on an error (or a warning with --fatal-warnings)."
 )
 UPDATE = (APPLY, QUIET, JSON)
+PROGRESS_FD = opt("--progress-fd", type=int, metavar="N",
+                  help="progress as JSON lines (bootc's progress-v0) on open descriptor N")  # fmt: skip
+READ_ONLY = flag("--read-only", help="mount the overlay read-only (remount it writable in a mount namespace "
+                 "of your own)")  # fmt: skip
+FORMAT_VERSION = opt("--format-version", type=int, choices=(0, 1), metavar="N",
+                     help="the status format: 0 and 1 are the one version (as bootc has it)")  # fmt: skip
 
 
 BASE = (
@@ -215,6 +221,7 @@ VERBS: tuple[Verb, ...] = (
              flag("--json", help="same as --format json"),
              opt("--format", choices=("humanreadable", "yaml", "json"), help="output format"),
              flag("--booted", help="only the booted deployment"),
+             FORMAT_VERSION,
          ), exclusive=(("json", "format"),), device=True),
     Verb(("upgrade",), "fetch and stage the image the device follows",
          "Read the followed image's manifest; if it changed, fetch the layers the store lacks, import them, "
@@ -225,9 +232,12 @@ VERBS: tuple[Verb, ...] = (
              flag("--download-only", help="stage, but do not apply at shutdown (apply later with "
                   "--from-downloaded)"),
              flag("--from-downloaded", help="apply the update staged by --download-only"),
+             opt("--tag", metavar="TAG", help="follow the same image under another tag from now on"),
+             PROGRESS_FD,
              *UPDATE,
          ), exclusive=(("check", "download_only", "from_downloaded"), ("apply", "check"),
-                    ("apply", "download_only"), ("json", "quiet")), device=True),
+                    ("apply", "download_only"), ("json", "quiet"), ("tag", "from_downloaded")),
+         device=True),
     Verb(("switch",), "follow another image, and stage it",
          "Like upgrade, to a new image reference, which becomes spec.image. A switch to the booted image "
          "under another name only changes what the device follows.",
@@ -238,12 +248,17 @@ VERBS: tuple[Verb, ...] = (
              opt(ENFORCE, action=argparse.BooleanOptionalAction, default=None,
                  help="updates must pass a policy.json that requires signatures, from now on (the default: "
                  "as the device does now; --no-... turns it off)"),
+             PROGRESS_FD,
              *UPDATE,
          ), exclusive=(("json", "quiet"),), device=True),
     Verb(("rollback",), "boot the rollback deployment next (again: undo)",
          "Make the rollback deployment the next boot; a second rollback before the reboot undoes the "
          "first. A staged deployment is discarded.",
          c.rollback, (flag("--apply", help="reboot now"), JSON), device=True),
+    Verb(("usr-overlay",), "a writable /usr until the next boot, for debugging",
+         "Mount a transient overlay on /usr (libostree's unlock, as bootc does it): install or change "
+         "anything there, and the next boot forgets it. Status shows it as usrOverlay.",
+         c.usr_overlay, (READ_ONLY,), device=True),
     Verb(("health",), "run the health checks now and show the results",
          "Run the required and wanted checks (greenboot's layout, docs/health.md) and show each result. "
          "Exit 1 when a required check failed. At boot, imagemode-health.service runs --boot, which also "
@@ -275,6 +290,27 @@ GROUPS = {
 }
 
 
+@dataclass(frozen=True)
+class Table:
+    """A command line: its program name, verbs and groups. imagemode's is the one below; bootc's, on a
+    device, is imagemode.bootc's, over the same handlers."""
+
+    prog: str
+    verbs: tuple[Verb, ...]
+    groups: Mapping[str, str]
+    intro: str
+    version: str
+    # The one line for a verb the table lacks; None: argparse's "unknown verb".
+    unsupported: Callable[[str], str] | None = None
+
+    def find(self, words: Sequence[str]) -> Verb | None:
+        """The verb `words` begin with, the longest path first (`build base` before `build`)."""
+        for v in sorted(self.verbs, key=lambda v: -len(v.path)):
+            if tuple(words[: len(v.path)]) == v.path:
+                return v
+        return None
+
+
 # ---- parsing -----------------------------------------------------------------------------------------
 
 
@@ -293,8 +329,8 @@ def usage_error(prog: str, message: str) -> NoReturn:
 VERBOSE = opt("-v", "--verbose", action="store_true", help="log every external command and its output")
 
 
-def parser(verb: Verb) -> Parser:
-    p = Parser(prog=f"{PROG} {verb.name}", description=verb.description)
+def parser(verb: Verb, prog: str = PROG) -> Parser:
+    p = Parser(prog=f"{prog} {verb.name}", description=verb.description)
     for o in (VERBOSE, *verb.options):
         p.add_argument(*o.flags, **o.kw)
     return p
@@ -322,70 +358,87 @@ def check(verb: Verb, p: Parser, args: argparse.Namespace) -> None:
             p.error(f"{_spelled(verb, dest)} goes with {_spelled(verb, needs)}")
 
 
-def top_help() -> str:
-    width = max(len(v.name) for v in VERBS) + 2
-    lines = [f"usage: {PROG} [-v] [--version] VERB ...", "",
-             "Image mode for Linux: build the OS as a bootable container image, turn it into disks, and "
-             "update devices from a registry, whole and atomically.", "", "verbs:"]  # fmt: skip
-    for v in VERBS:
+def top_help(table: Table | None = None) -> str:
+    t = table or IMAGEMODE
+    width = max(len(v.name) for v in t.verbs) + 2
+    lines = [f"usage: {t.prog} [-v] [--version] VERB ...", "", t.intro, "", "verbs:"]
+    for v in t.verbs:
         lines.append(f"  {v.name:<{width}}{v.help}{' (device side)' if v.device else ''}")
     lines += ["", "options:", "  -v, --verbose  log every external command and its output",
               "  --version      print the version", "",
-              f"Run '{PROG} VERB --help' for a verb's options."]  # fmt: skip
+              f"Run '{t.prog} VERB --help' for a verb's options."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
-def group_help(group: str) -> str:
-    subs = [v for v in VERBS if v.path[0] == group and len(v.path) > 1]
-    lines = [f"usage: {PROG} {group} [-v] VERB ...", "", f"{GROUPS[group]}.", "", "verbs:"]
+def group_help(group: str, table: Table | None = None) -> str:
+    t = table or IMAGEMODE
+    subs = [v for v in t.verbs if v.path[0] == group and len(v.path) > 1]
+    lines = [f"usage: {t.prog} {group} [-v] VERB ...", "", f"{t.groups[group]}.", "", "verbs:"]
     lines += [f"  {v.path[1]:<8}{v.help}" for v in subs]
     return "\n".join(lines) + "\n  -v, --verbose  log every external command and its output\n"
 
 
 def find(words: Sequence[str]) -> Verb | None:
-    """The verb `words` begin with, the longest path first (`build base` before `build`)."""
-    for v in sorted(VERBS, key=lambda v: -len(v.path)):
-        if tuple(words[: len(v.path)]) == v.path:
-            return v
-    return None
+    return IMAGEMODE.find(words)
 
 
-def dispatch(argv: Sequence[str]) -> tuple[Verb, argparse.Namespace]:
+def _unknown(t: Table, words: list[str]) -> NoReturn:
+    if t.unsupported is not None and not words[0].startswith("-"):
+        verb = " ".join(words[:2]) if words[0] in t.groups and len(words) > 1 else words[0]
+        sys.stderr.write(t.unsupported(verb) + "\n")
+        raise SystemExit(EXIT_USAGE)
+    if words[0] in t.groups:
+        rest = words[1:]
+        subs = ", ".join(v.path[1] for v in t.verbs if v.path[0] == words[0] and len(v.path) > 1)
+        what = f"unknown verb {rest[0]!r}" if rest else "a verb is required"
+        usage_error(f"{t.prog} {words[0]}", f"{what} (one of: {subs})")
+    if words[0].startswith("-"):
+        usage_error(t.prog, f"unrecognized arguments: {words[0]}")
+    usage_error(t.prog, f"unknown verb {words[0]!r}")
+
+
+def dispatch(argv: Sequence[str], table: Table | None = None) -> tuple[Verb, argparse.Namespace]:
+    t = table or IMAGEMODE
     words = list(argv)
     verbose = False
     while words and words[0] in ("-v", "--verbose"):
         verbose, words = True, words[1:]
     if not words or words[0] in ("-h", "--help"):
-        sys.stdout.write(top_help())
+        sys.stdout.write(top_help(t))
         raise SystemExit(0 if words else EXIT_USAGE)
     if words[0] == "--version":
-        print(f"{PROG} {imagemode.__version__}")
+        print(t.version)
         raise SystemExit(0)
-    verb = find(words)
+    verb = t.find(words)
     if verb is None:
-        if words[0] in GROUPS:
-            rest = words[1:]
-            if rest and rest[0] in ("-h", "--help"):
-                sys.stdout.write(group_help(words[0]))
-                raise SystemExit(0)
-            subs = ", ".join(v.path[1] for v in VERBS if v.path[0] == words[0] and len(v.path) > 1)
-            what = f"unknown verb {rest[0]!r}" if rest else "a verb is required"
-            usage_error(f"{PROG} {words[0]}", f"{what} (one of: {subs})")
-        if words[0].startswith("-"):
-            usage_error(PROG, f"unrecognized arguments: {words[0]}")
-        usage_error(PROG, f"unknown verb {words[0]!r}")
-    p = parser(verb)
+        if words[0] in t.groups and words[1:2] in (["-h"], ["--help"]):
+            sys.stdout.write(group_help(words[0], t))
+            raise SystemExit(0)
+        if words[0] in t.groups and len(words) == 1:
+            subs = ", ".join(v.path[1] for v in t.verbs if v.path[0] == words[0] and len(v.path) > 1)
+            usage_error(f"{t.prog} {words[0]}", f"a verb is required (one of: {subs})")
+        _unknown(t, words)
+    p = parser(verb, t.prog)
     args = p.parse_args(words[len(verb.path) :])
     args.verbose = args.verbose or verbose
     check(verb, p, args)
     return verb, args
 
 
+IMAGEMODE = Table(
+    PROG, VERBS, GROUPS,
+    "Image mode for Linux: build the OS as a bootable container image, turn it into disks, and update "
+    "devices from a registry, whole and atomically.",
+    f"{PROG} {imagemode.__version__}",
+)  # fmt: skip
+
+
 # ---- output and errors -------------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    verb, args = dispatch(list(sys.argv[1:] if argv is None else argv))
+def main(argv: Sequence[str] | None = None, table: Table | None = None) -> int:
+    t = table or IMAGEMODE
+    verb, args = dispatch(list(sys.argv[1:] if argv is None else argv), t)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s",
                         stream=sys.stderr)  # fmt: skip
     try:
@@ -395,21 +448,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         emit(out, args)
         return int(getattr(out, "exit_code", 0))
     except ImagemodeError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{t.prog}: error: {e}", file=sys.stderr)
         return e.exit_code
     except OSError as e:
         if e.errno == errno.ENOSPC:
-            print(f"{PROG}: error: no space left on device writing {e.filename or 'a file'}; nothing was"
+            print(f"{t.prog}: error: no space left on device writing {e.filename or 'a file'}; nothing was"
                   " tagged", file=sys.stderr)  # fmt: skip
         else:
-            print(f"{PROG}: error: {e}", file=sys.stderr)
+            print(f"{t.prog}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        print(f"{t.prog}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
         # libostree's errors arrive as GLib.Error; they are as much a one-line error as ours.
         if type(e).__module__.startswith("gi.") and hasattr(e, "message"):
-            print(f"{PROG}: error: libostree: {e.message}", file=sys.stderr)
+            print(f"{t.prog}: error: libostree: {e.message}", file=sys.stderr)
             return 1
         raise

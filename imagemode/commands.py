@@ -202,6 +202,8 @@ def _update(args: argparse.Namespace, image: Any) -> int:
         download_only=getattr(args, "download_only", False),
         from_downloaded=getattr(args, "from_downloaded", False),
         enforce=getattr(args, "enforce_container_sigpolicy", None),
+        tag=getattr(args, "tag", None),
+        progress_fd=getattr(args, "progress_fd", None),
     )
     quiet = args.quiet or args.json
     say = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr))
@@ -229,6 +231,12 @@ def rollback(args: argparse.Namespace) -> int:
     if args.apply:
         _reboot()
     return 0
+
+
+def usr_overlay(args: argparse.Namespace) -> Result:
+    from imagemode.host import usr_overlay as ov
+
+    return ov.unlock(read_only=args.read_only)
 
 
 def prune(args: argparse.Namespace) -> Result:

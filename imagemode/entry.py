@@ -1,4 +1,4 @@
-"""The `imagemode` command (/usr/bin/imagemode and `python3 -m imagemode`).
+"""The `imagemode` command (/usr/bin/imagemode and `python3 -m imagemode`), and `bootc` beside it.
 
 `imagemode status` and `imagemode health --show --json` are what agents, health checks and people
 call most, so they are answered before the CLI and libostree's bindings are imported (a second under
@@ -12,7 +12,15 @@ import sys
 
 
 def run() -> int:
-    argv = sys.argv[1:]
+    return _run(sys.argv[1:], "imagemode")
+
+
+def bootc() -> int:
+    """/usr/bin/bootc: bootc's command line (imagemode.bootc), with the same quick answers."""
+    return _run(sys.argv[1:], "bootc")
+
+
+def _run(argv: list[str], prog: str) -> int:
     if argv[:1] == ["status"]:
         from imagemode.host import status_cache
 
@@ -20,6 +28,10 @@ def run() -> int:
         if out is not None:
             sys.stdout.write(out)
             return 0
+    if prog == "bootc":
+        from imagemode.bootc import main as bootc_main
+
+        return bootc_main(argv)
     if argv[:1] == ["health"] and sorted(argv[1:]) == ["--json", "--show"]:
         rc = _last_health()
         if rc is not None:

@@ -287,3 +287,25 @@ def test_cache_key_follows_the_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
     assert spec.cache_key(s, lock) == first
     monkeypatch.setattr(spec, "recipe_digest", lambda: "0" * 64)
     assert spec.cache_key(s, lock) != first
+
+
+def test_a_cached_package_set_keeps_its_epoch(tmp_path: Path) -> None:
+    """A mirror behind a CDN gives Release dates a day apart a minute apart: the same packages must
+    still give the cached layer (and its epoch), while other packages, or a stated epoch, do not."""
+    from imagemode.build import base, spec
+    from imagemode.oci.reference import local_tag
+
+    s = spec.BaseSpec()
+    pkgs = (spec.LockedPackage("bash", "5.2.15-2+b7", "amd64", 7000),)
+    kept = spec.Lock("bookworm", "amd64", 1796091214, pkgs)
+    entry = tmp_path / "layers" / spec.cache_key(s, kept)
+    entry.mkdir(parents=True)
+    (entry / "lock.json").write_text(kept.to_json())
+    (entry / "layer.json").write_text("{}")
+    opts = base.BaseOptions(s, local_tag("x:1"), cache_dir=tmp_path)
+    today = spec.Lock("bookworm", "amd64", 1796177397, pkgs)
+    assert base.cached_epoch(opts, today) == kept
+    other = spec.Lock("bookworm", "amd64", 1796177397, (spec.LockedPackage("bash", "5.2.15-2+b8", "amd64"),))
+    assert base.cached_epoch(opts, other) == other
+    (entry / "layer.json").unlink()  # an unfinished entry is not a cached layer
+    assert base.cached_epoch(opts, today) == today

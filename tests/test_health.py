@@ -100,7 +100,7 @@ def test_one_entry_has_nothing_to_fall_back_to(tmp_path: Path) -> None:
 
 
 def test_config_defaults_and_etc_wins(tmp_path: Path) -> None:
-    assert config.load(tmp_path) == config.HealthConfig(3, 300.0, {})
+    assert config.load(tmp_path) == config.HealthConfig(3, 900.0, {})
     (tmp_path / "usr/lib/imagemode").mkdir(parents=True)
     (tmp_path / "etc/imagemode").mkdir(parents=True)
     (tmp_path / "usr/lib/imagemode/health.toml").write_text(
@@ -151,7 +151,7 @@ def test_bad_scripts_fail_within_their_timeout(tmp_path: Path) -> None:
     d = tmp_path / "usr/lib/imagemode/check/required.d"
     script(d / "10-ok.sh", "echo fine")
     script(d / "20-fail.sh", "echo 'database not ready'; exit 1")
-    script(d / "30-noexec.sh", "exit 0", mode=0o644)
+    script(d / "30-noexec", "exit 0", mode=0o644)  # not a .sh: nothing says what runs it
     script(d / "40-hang.sh", "sleep 600 & wait; sleep 600")  # a child that keeps the output pipe open
     script(d / "50-garbage.sh", "head -c 200000 /dev/urandom; printf '\\033[31mred\\001\\n'; exit 7")
     (d / "60-elf").write_bytes(os.urandom(512))
@@ -163,7 +163,7 @@ def test_bad_scripts_fail_within_their_timeout(tmp_path: Path) -> None:
     assert (got["10-ok.sh"].status, got["10-ok.sh"].output) == ("passed", "fine\n")
     assert (got["20-fail.sh"].status, got["20-fail.sh"].reason) == ("failed", "exit 1")
     assert got["20-fail.sh"].line() == "required 20-fail.sh: failed (exit 1): database not ready"
-    assert (got["30-noexec.sh"].status, got["30-noexec.sh"].reason) == (
+    assert (got["30-noexec"].status, got["30-noexec"].reason) == (
         "failed",
         "not executable (mode 0644)",
     )
@@ -179,7 +179,7 @@ def test_bad_scripts_fail_within_their_timeout(tmp_path: Path) -> None:
 
 def test_wanted_failures_warn_and_do_not_decide(tmp_path: Path) -> None:
     script(tmp_path / "usr/lib/imagemode/check/wanted.d/10-warn.sh", "echo 'disk 91% full'; exit 1")
-    script(tmp_path / "usr/lib/imagemode/check/wanted.d/20-noexec.sh", "exit 0", mode=0o600)
+    script(tmp_path / "usr/lib/imagemode/check/wanted.d/20-noexec", "exit 0", mode=0o600)
     results = checks.run_scripts(checks.discover(checks.Kind.WANTED, tmp_path), config.HealthConfig())
     assert [(r.status, r.reason) for r in results] == [
         ("warned", "exit 1"),
@@ -261,3 +261,70 @@ def test_unit_checks_are_the_units_ordered_before_boot_complete(monkeypatch: pyt
         ("ntp-check.service", "wanted", "warned", "failed (exit-code)"),
         ("plc-link.service", "required", "passed", ""),
     ]  # sysinit.target (a target), late.service (not ordered before) and the health unit are not checks
+
+
+# ---- greenboot's contract ----------------------------------------------------------------------------
+
+
+def test_greenboot_conf_gives_tries_and_disabled_checks(tmp_path: Path) -> None:
+    conf = tmp_path / "etc/greenboot/greenboot.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_text(
+        "# flightctl rewrites this\nGREENBOOT_MAX_BOOT_ATTEMPTS=2\n"
+        'DISABLED_HEALTHCHECKS=("01_repository_dns_check.sh" "02_watchdog.sh")\nOTHER=x\n'
+    )
+    cfg = config.load(tmp_path)
+    assert cfg.tries == 2 and cfg.disabled == {"01_repository_dns_check.sh", "02_watchdog.sh"}
+    (tmp_path / "etc/imagemode").mkdir(parents=True)
+    (tmp_path / "etc/imagemode/health.toml").write_text("tries = 4\n")
+    assert config.load(tmp_path).tries == 4  # health.toml, where present, still wins
+    conf.write_text("GREENBOOT_MAX_BOOT_ATTEMPTS=many\n")
+    with pytest.raises(ImagemodeError, match=r"GREENBOOT_MAX_BOOT_ATTEMPTS must be a number, not 'many'$"):
+        config.load(tmp_path)
+
+
+def test_sh_checks_run_with_bash_whatever_their_mode(tmp_path: Path) -> None:
+    d = tmp_path / "etc/greenboot/check/required.d"
+    script(d / "40_microshift_running_check.sh", "[[ -n bash ]] && echo bash ran it", mode=0o644)
+    script(d / "50-plain", "exit 0", mode=0o644)
+    got = checks.run_scripts(checks.discover(checks.Kind.REQUIRED, tmp_path), config.HealthConfig())
+    assert [(r.name, r.status, r.reason, r.output) for r in got] == [
+        ("40_microshift_running_check.sh", "passed", "", "bash ran it\n"),
+        ("50-plain", "failed", "not executable (mode 0644)", ""),
+    ]
+
+
+def test_the_first_failed_required_check_ends_the_run_and_disabled_ones_never_run(tmp_path: Path) -> None:
+    d = tmp_path / "usr/lib/imagemode/check/required.d"
+    ran = tmp_path / "ran"
+    script(d / "10-disabled.sh", f"echo x > {ran}; exit 1")
+    script(d / "20-ok.sh", "exit 0")
+    script(d / "30-fail.sh", "exit 3")
+    script(d / "40-slow.sh", "sleep 600")
+    cfg = config.HealthConfig(timeout=300.0, disabled=frozenset({"10-disabled.sh"}))
+    t0 = time.monotonic()
+    got = checks.run_scripts(checks.discover(checks.Kind.REQUIRED, tmp_path), cfg, stop_at_failure=True)
+    assert time.monotonic() - t0 < 30  # 40-slow.sh did not run
+    assert [(r.name, r.status) for r in got] == [("20-ok.sh", "passed"), ("30-fail.sh", "failed")]
+    assert not ran.exists()
+
+
+def test_grub2_editenv_says_boot_counter_0_exactly_when_a_rollback_follows(tmp_path: Path) -> None:
+    from imagemode.boot import editenv
+
+    me, other = "a" * 64 + ".0", "b" * 64 + ".1"
+    trying = {grubenv.TRY: me, grubenv.TRIES: "2"}
+    assert editenv.greenboot_view(trying, me) == {**trying, "boot_counter": "2", "boot_success": "0"}
+    spent = {**trying, grubenv.TRIES: "0"}  # a failed verdict spends the tries before red.d runs
+    assert editenv.greenboot_view(spent, me)["boot_counter"] == "0"
+    # GRUB fell back (another deployment is booted), or nothing is being tried: nothing to roll back.
+    assert "boot_counter" not in editenv.greenboot_view(spent, other)
+    assert editenv.greenboot_view({}, me) == {"boot_success": "1"}
+    deploy = tmp_path / "ostree/deploy/default/deploy" / me
+    deploy.mkdir(parents=True)
+    link = tmp_path / "ostree/boot.1/default/cafe/0"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(f"../../../deploy/default/deploy/{me}")
+    assert editenv.booted_id("root=UUID=x rw ostree=/ostree/boot.1/default/cafe/0 quiet", tmp_path) == me
+    assert editenv.booted_id("root=UUID=x", tmp_path) is None
+    assert editenv.main(["-", "set", "boot_success=1"]) == 1

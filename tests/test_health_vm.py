@@ -4,14 +4,18 @@ again when the guest powers itself off (a reboot, under -no-reboot) and reads th
 
 One VM on an overlay of the shared v1 disk, in file order:
 
-1. v1 boots healthy. Switch to a v2 whose required check fails (beside a script that is not executable,
-   one that hangs, one that prints binary garbage, one that is not a program). v2 boots once, fails,
-   reboots by itself; GRUB boots v1, which marks v2 failed and keeps itself as the default.
-2. With `tries = 1` in health.toml, switch to a v2 whose kernel argument panics the kernel
-   (init=/bin/false): its one boot panics and reboots (panic=10); the next power-on is v1 again. (One
-   try proves the fallback as well as three, for two power-ons less.)
-3. Switch to a healthy v2 with failing wanted checks: it stays, its tries are cleared, and a power cut
-   afterwards does not roll it back.
+1. v1 boots healthy. Switch to a v2 whose required check fails: MicroShift's check, by its real name and
+   in greenboot's directory, copied in without its x bit (greenboot runs it with bash), beside a
+   check that greenboot.conf disables and a hanging one after it that must never run (the first
+   failure ends the checks). v2 boots once, fails, reboots by itself; GRUB boots v1, which marks v2
+   failed and keeps itself as the default. v2's red.d hook, MicroShift's pre-rollback, acts only when
+   `grub2-editenv - list` says boot_counter=0, and it does once.
+2. With GREENBOOT_MAX_BOOT_ATTEMPTS=1 in greenboot.conf, switch to a v2 whose kernel argument panics the
+   kernel (init=/bin/false): its one boot panics and reboots (panic=10); the next power-on is v1 again.
+   (One try proves the fallback as well as three, for two power-ons less.)
+3. Switch to a healthy v2 with failing wanted checks (one that fails, one that hangs, one not
+   executable, one that prints binary garbage, one not a program, and a unit): it stays, its tries are
+   cleared, and a power cut afterwards does not roll it back.
 """
 
 from __future__ import annotations
@@ -41,12 +45,23 @@ SH = "#!/bin/sh\n"
 # of it is waited out twice by a check that hangs (at boot, and in the manual run).
 CHECK_TIMEOUT = 8
 X, R = 0o755, 0o644
+GB = "etc/greenboot"  # greenboot's own directories, in the image's /etc (as MicroShift's RPM puts them)
+MICROSHIFT = "40_microshift_running_check.sh"
 BAD_FILES = {
     "usr/lib/imagemode/health.toml": (f"timeout = {CHECK_TIMEOUT}\n", R),
-    "usr/lib/imagemode/check/required.d/10-db.sh": (SH + "echo 'database not ready'\nexit 1\n", X),
-    "usr/lib/imagemode/check/required.d/20-noexec.sh": (SH + "exit 0\n", R),
-    "usr/lib/imagemode/check/required.d/30-hang.sh": (SH + "sleep 600\n", X),
-    "usr/lib/imagemode/check/required.d/40-garbage.sh": (SH + "head -c 4096 /dev/urandom\nexit 7\n", X),
+    f"{GB}/greenboot.conf": ('DISABLED_HEALTHCHECKS=("10-disabled.sh")\n', R),
+    f"{GB}/check/required.d/10-disabled.sh": (
+        SH + "mkdir -p /var/lib/health-test\necho ran > /var/lib/health-test/disabled-ran\nexit 1\n",
+        X,
+    ),
+    "usr/lib/imagemode/check/required.d/20-ok.sh": (SH + "exit 0\n", X),
+    f"{GB}/check/required.d/{MICROSHIFT}": ("echo 'database not ready'\nexit 1\n", R),
+    "usr/lib/imagemode/check/required.d/50-hang.sh": (SH + "sleep 600\n", X),
+    f"{GB}/red.d/40_microshift_pre_rollback.sh": (
+        SH + "if grub2-editenv - list | grep -qx boot_counter=0; then\n  mkdir -p /var/lib/health-test\n"
+        "  echo pre-rollback >> /var/lib/health-test/pre-rollback.log\nfi\n",
+        X,
+    ),
 }
 GOOD_FILES = {
     "usr/lib/imagemode/health.toml": (f"timeout = {CHECK_TIMEOUT}\n", R),
@@ -54,7 +69,8 @@ GOOD_FILES = {
         SH + "grep -qx 'hello v2' /usr/share/hello/release\n", X),
     "usr/lib/imagemode/check/wanted.d/20-disk.sh": (SH + "echo 'disk 91% full'\nexit 1\n", X),
     "usr/lib/imagemode/check/wanted.d/30-hang.sh": (SH + "sleep 600\n", X),
-    "usr/lib/imagemode/check/wanted.d/40-noexec.sh": (SH + "exit 0\n", R),
+    "usr/lib/imagemode/check/wanted.d/40-noexec": (SH + "exit 0\n", R),  # not a .sh: nothing runs it
+    "usr/lib/imagemode/check/wanted.d/45-garbage.sh": (SH + "head -c 4096 /dev/urandom\nexit 7\n", X),
     "usr/lib/imagemode/green.d/10-log.sh": (
         SH + "mkdir -p /var/lib/health-test\necho green >> /var/lib/health-test/green.log\n", X),
     # A unit as a wanted check: boot-complete.target wants it, and it fails.
@@ -81,10 +97,6 @@ def _context(root: Path, base: str, files: dict[str, tuple[str, int]], run: str 
 @pytest.fixture(scope="module")
 def images(hello_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     bad = _context(tmp_path_factory.mktemp("bad"), HELLO_V1, BAD_FILES)
-    # Not a program at all: random bytes with the executable bit.
-    elf = bad / "root/usr/lib/imagemode/check/required.d/50-not-a-program"
-    elf.write_bytes(os.urandom(512))
-    elf.chmod(X)
     imagemode("build", "-t", BAD, str(bad))
     kargs = {"usr/lib/bootc/kargs.d/90-panic.toml": ('kargs = ["init=/bin/false"]\n', R)}
     panic = _context(tmp_path_factory.mktemp("panic"), HELLO_V1, kargs)
@@ -92,6 +104,10 @@ def images(hello_images: dict[str, str], tmp_path_factory: pytest.TempPathFactor
     wants = "/usr/lib/systemd/system/boot-complete.target.wants"
     good = _context(tmp_path_factory.mktemp("good"), HELLO_V2, GOOD_FILES,
                     f"mkdir -p {wants} && ln -s ../health-test-wanted.service {wants}/")  # fmt: skip
+    # Not a program at all: random bytes with the executable bit.
+    elf = good / "root/usr/lib/imagemode/check/wanted.d/50-not-a-program"
+    elf.write_bytes(os.urandom(512))
+    elf.chmod(X)
     imagemode("build", "-t", GOOD, str(good))
     return dict(hello_images)
 
@@ -177,24 +193,19 @@ def test_failing_required_check_falls_back_by_itself(vm: VM, images: dict[str, s
     assert rollback["image"]["imageDigest"] == images[BAD]
     assert f"{rollback['ostree']['checksum']}.{rollback['ostree']['deploySerial']}" == bad
     health = rollback["health"]
-    assert health["state"] == "failed" and health["check"] == "10-db.sh" and health["fellBack"] is True
-    assert health["reason"] == "required check 10-db.sh failed (exit 1): database not ready"
+    assert health["state"] == "failed" and health["check"] == MICROSHIFT and health["fellBack"] is True
+    assert health["reason"] == f"required check {MICROSHIFT} failed (exit 1): database not ready"
+    # The first failure ended the checks: the hang after it never ran (it would have failed, timed
+    # out), and the disabled one neither (it fails, and leaves a mark).
+    assert [r["name"] for r in health["failed"]] == [MICROSHIFT]
     assert st["status"]["rollbackQueued"] is False  # v1 is the default again, not a one-off
     human = vm.exec("imagemode status --format humanreadable").stdout
     assert "Health: failed at " in human and "database not ready" in human
     assert grubenv(vm) == {}
     assert vm.exec("cat /var/lib/health-test/red.log").stdout == f"failed {bad}\nfallback {bad}\n"
-
-
-def test_bad_check_scripts_failed_within_their_timeout(vm: VM) -> None:
-    st = json.loads(vm.exec("imagemode status --json").stdout)
-    failed = by_name(st["status"]["rollback"]["health"]["failed"])
-    assert failed["20-noexec.sh"]["reason"] == "not executable (mode 0644)"
-    assert failed["30-hang.sh"]["reason"] == f"timed out after {CHECK_TIMEOUT}s"
-    assert CHECK_TIMEOUT <= failed["30-hang.sh"]["seconds"] < CHECK_TIMEOUT + 10
-    assert failed["40-garbage.sh"]["reason"] == "exit 7"
-    assert all(c in "\n\t" or c.isprintable() for c in failed["40-garbage.sh"]["output"])
-    assert failed["50-not-a-program"]["reason"] == "Exec format error"
+    # MicroShift's pre-rollback hook saw boot_counter=0 on the failed boot, and only then.
+    assert vm.exec("cat /var/lib/health-test/pre-rollback.log").stdout == "pre-rollback\n"
+    assert vm.exec("test -e /var/lib/health-test/disabled-ran", check=False).returncode == 1
 
 
 def test_failed_image_is_not_staged_again(vm: VM, images: dict[str, str]) -> None:
@@ -208,9 +219,9 @@ def test_failed_image_is_not_staged_again(vm: VM, images: dict[str, str]) -> Non
 
 
 def test_kernel_panic_falls_back_after_its_tries(vm: VM, images: dict[str, str]) -> None:
-    vm.exec("mkdir -p /etc/imagemode && echo 'tries = 1' > /etc/imagemode/health.toml")
+    vm.exec("mkdir -p /etc/greenboot && echo GREENBOOT_MAX_BOOT_ATTEMPTS=1 > /etc/greenboot/greenboot.conf")
     panicked = switch(vm, PANIC, tries=1)["staged"]
-    vm.exec("rm /etc/imagemode/health.toml")  # the next switch gets the default 3 again
+    vm.exec("rm /etc/greenboot/greenboot.conf")  # the next switch gets the default 3 again
     vm.poweroff()
     vm.start().wait_down(600)  # init=/bin/false: the kernel panics, and panic=10 reboots it
     assert "Kernel panic" in vm.console, "the boot did not panic"
@@ -237,7 +248,8 @@ def test_healthy_v2_stays_and_wanted_failures_only_warn(vm: VM, images: dict[str
     assert booted["image"]["imageDigest"] == images[GOOD]
     assert booted["health"]["state"] == "healthy"
     assert sorted(booted["health"]["warned"]) == [
-        "20-disk.sh", "30-hang.sh", "40-noexec.sh", "health-test-wanted.service"
+        "20-disk.sh", "30-hang.sh", "40-noexec", "45-garbage.sh", "50-not-a-program",
+        "health-test-wanted.service",
     ]  # fmt: skip
     assert grubenv(vm) == {}  # tries cleared after the first healthy boot
     assert vm.exec("cat /var/lib/health-test/green.log").stdout == "green\n"
@@ -254,6 +266,14 @@ def test_healthy_v2_stays_and_wanted_failures_only_warn(vm: VM, images: dict[str
         "name": "30-hang.sh", "kind": "wanted", "source": "/usr/lib/imagemode/check/wanted.d/30-hang.sh",
         "status": "warned", "reason": f"timed out after {CHECK_TIMEOUT}s", "seconds": 0, "output": "",
     }  # fmt: skip
+    # Bad scripts end within their timeout and say why, in words.
+    assert CHECK_TIMEOUT <= results["30-hang.sh"]["seconds"] < CHECK_TIMEOUT + 10
+    assert results["40-noexec"]["reason"] == "not executable (mode 0644)"
+    assert results["45-garbage.sh"]["reason"] == "exit 7"
+    assert all(c in "\n\t" or c.isprintable() for c in results["45-garbage.sh"]["output"])
+    assert results["50-not-a-program"]["reason"] == "Exec format error"
+    motd = vm.exec("cat /run/motd.d/50-imagemode-health").stdout
+    assert motd.startswith("imagemode: this boot is healthy ("), motd
     shown = json.loads(vm.exec("imagemode health --show --json").stdout)
     assert shown["at"] == json.loads(p.stdout)["at"]
 

@@ -1,7 +1,7 @@
 """The package's imports follow the data (docs/design.md), read from the source with ast:
 
     errors, run, confined, atomic, ui, tmpfiles, output  <-  oci  <-  store  <-  boot  <-  health  <-  embed
-    <-  host  <-  (build, disk, vm)  <-  commands  <-  cli  <-  entry
+    <-  host  <-  (build, disk, vm)  <-  commands  <-  cli  <-  bootc  <-  entry
 
 A module imports only from its own rank or below (build, disk and vm from each other too), there is no
 import cycle, and the device's verbs reach nothing outside the standard library, gi and yaml: the
@@ -24,9 +24,9 @@ PACKAGE = ROOT / "imagemode"
 BOTTOM = {"imagemode", "errors", "run", "confined", "ui", "tmpfiles", "output", "atomic", "data"}
 ORDER = ["oci", "store", "boot", "health", "embed", "host"]
 BESIDE = {"build", "disk", "vm"}
-TOP = ["commands", "cli", "entry", "__main__"]
+TOP = ["commands", "cli", "bootc", "entry", "__main__"]
 DEVICE_HANDLERS = {"status", "_update", "upgrade", "switch", "rollback", "prune", "health", "boot_update",
-                   "_reboot", "_path"}  # fmt: skip
+                   "_reboot", "_path", "usr_overlay"}  # fmt: skip
 DEVICE_EXTERNAL = {"gi", "yaml"}
 
 
@@ -132,7 +132,14 @@ def cycles(sources: dict[str, str]) -> list[list[str]]:
 
 def device_closure(sources: dict[str, str]) -> dict[str, str]:
     """Every module outside the package that the device's verbs may import -> who imports it."""
-    todo = ["imagemode.entry", "imagemode.cli", "imagemode.output", "imagemode.__main__"]
+    todo = [
+        "imagemode.entry",
+        "imagemode.cli",
+        "imagemode.bootc",
+        "imagemode.boot.editenv",
+        "imagemode.output",
+        "imagemode.__main__",
+    ]
     starts = {dep for dep, _ in imports(ast.parse(sources["imagemode.commands"]), DEVICE_HANDLERS)}
     todo += [d for d in starts if d in sources]
     seen: set[str] = set()

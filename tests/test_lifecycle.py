@@ -137,6 +137,27 @@ def test_booted_v1_follows_the_registry(vm: VM, images: dict[str, str]) -> None:
     cmdline = vm.exec("cat /proc/cmdline").stdout.split()
     assert "hello.version=1" in cmdline and QUOTED_KARG.replace('"', "") not in cmdline
     assert vm.exec("systemctl is-enabled imagemode-upgrade.timer", check=False).stdout.strip() == "disabled"
+    timer = vm.exec("systemctl show -p RandomizedDelayUSec -p FixedRandomDelay imagemode-upgrade.timer")
+    assert timer.stdout.split() == ["RandomizedDelayUSec=2h", "FixedRandomDelay=yes"], timer.stdout
+
+
+def test_bootc_on_the_device_answers_as_bootc(vm: VM, images: dict[str, str]) -> None:
+    """What greenboot, greenboot-rs, MicroShift and flightctl run, through the `bootc` name."""
+    jq = vm.exec("bootc status --booted --json | jq -r '.status.type, .status.booted.image.imageDigest'")
+    assert jq.stdout.split() == ["bootcHost", images[V1]]
+    booted = json.loads(vm.exec("bootc status --booted --json --format-version=1").stdout)
+    jsonschema.validate(booted, SCHEMA)
+    assert booted["status"]["staged"] is None and booted["status"]["rollback"] is None
+    for fmt in ("humanreadable", "yaml", "json"):  # every format, at a terminal too (script's pty)
+        cmd = f"bootc status --booted --format {fmt}"
+        for run in (cmd, f"script -qec '{cmd}' /dev/null"):
+            p = vm.exec(run)
+            assert "Rollback" not in p.stdout and p.stdout.strip(), (run, p.stdout)
+    p = vm.exec("bootc install to-disk /dev/vda", check=False)
+    assert (p.returncode, p.stderr) == (
+        2, "bootc (imagemode): 'install' is not supported; see docs/bootc-differences.md\n")  # fmt: skip
+    inspected = json.loads(vm.exec("bootc container inspect --json").stdout)
+    assert "hello.version=1" in inspected["kargs"] and inspected["kernel"]["unified"] is False
 
 
 def test_no_update_available(vm: VM) -> None:

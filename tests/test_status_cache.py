@@ -6,10 +6,12 @@ import json
 import os
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from imagemode.host import status_cache as sc
 from imagemode.host.status import host_status
+from tests.test_status import SCHEMA
 
 
 @pytest.fixture()
@@ -107,6 +109,9 @@ def test_an_unwritable_cache_is_not_an_error(device: Path, monkeypatch: pytest.M
         (["--format", "xml"], None),  # the CLI says what is wrong
         (["--help"], None),
         (["--jso"], None),  # argparse's abbreviations are argparse's
+        (["--booted", "--json", "--format-version", "1"], ("json", True)),  # bootc's API guide's form
+        (["--format-version=0"], (None, False)),
+        (["--format-version", "2"], None),  # the CLI refuses it
     ],
 )
 def test_only_the_plain_forms_are_answered_early(argv: list[str], parsed: object) -> None:
@@ -124,8 +129,11 @@ def test_rendered_as_the_cli_renders_it() -> None:
     st = STATES["rollback"]
     assert json.loads(sc.render(st, "json", False, tty=False)) == st
     booted = json.loads(sc.render(st, "json", True, tty=False))
-    assert (
-        set(booted["status"]) == {"booted", "type"} and booted["status"]["booted"] == st["status"]["booted"]
-    )
+    assert booted["status"]["booted"] == st["status"]["booted"] and booted["status"]["type"] == "bootcHost"
+    assert booted["status"]["staged"] is None and booted["status"]["rollback"] is None  # as bootc: null
+    jsonschema.validate(booted, SCHEMA)
+    for fmt in sc.FORMATS:  # every format, at a terminal too (the human one used to fail with --booted)
+        for tty in (False, True):
+            assert "Rollback" not in sc.render(st, fmt, True, tty=tty)
     assert sc.render(st, None, False, tty=True).startswith(sc.render(st, "humanreadable", False, tty=False))
     assert "apiVersion: org.containers.bootc/v1" in sc.render(st, None, False, tty=False)  # yaml off a tty

@@ -15,7 +15,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +126,34 @@ def _apt_dir(opts: BaseOptions) -> Path:
 
 def resolve(opts: BaseOptions) -> Lock:
     locked = load_lock(opts.lock_file) if opts.lock_file else None
-    return apt.resolve(opts.spec, _apt_dir(opts), locked=locked, source_date_epoch=opts.source_date_epoch)
+    lock = apt.resolve(opts.spec, _apt_dir(opts), locked=locked, source_date_epoch=opts.source_date_epoch)
+    if locked is None and opts.source_date_epoch is None and opts.use_cache:
+        return cached_epoch(opts, lock)
+    return lock
+
+
+def cached_epoch(opts: BaseOptions, lock: Lock) -> Lock:
+    """The lock of a cached OS layer with the same packages, if there is one: its epoch, not today's.
+
+    The default epoch is the newest Date of the mirror's Release files, and a mirror behind a CDN
+    answers two reads a minute apart from nodes a day apart (seen here: 2026-12-01 02:13 then
+    2026-12-02 02:09, the same packages). The epoch only clamps timestamps, so a package set keeps
+    the epoch it was first built with, and the same packages give the same image. A lock list, or
+    --source-date-epoch, says the epoch outright and is never replaced."""
+    best: tuple[float, Lock] | None = None
+    for d in (opts.cache_dir / "layers").glob("*/lock.json"):
+        try:
+            kept = Lock.from_json(d.read_text())
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a broken cache entry is the cache's GC's business, not a reason to fail
+        if replace(kept, source_date_epoch=lock.source_date_epoch) != lock:
+            continue
+        if cache_key(opts.spec, kept) != d.parent.name or not (d.parent / "layer.json").exists():
+            continue
+        mtime = d.parent.stat().st_mtime
+        if best is None or mtime > best[0]:
+            best = (mtime, kept)
+    return best[1] if best else lock
 
 
 def plan(opts: BaseOptions) -> Plan:
@@ -224,6 +251,15 @@ def imagemode_source() -> Path:
     return Path(imagemode.__file__).resolve().parent
 
 
+# The programs imagemode's layer puts in /usr/bin: its own, bootc's command line for the tools that
+# call bootc by name, and greenboot's view of the boot counter for red.d scripts (docs/health.md).
+COMMANDS = (
+    ("imagemode", "imagemode.entry", "run"),
+    ("bootc", "imagemode.entry", "bootc"),
+    ("grub2-editenv", "imagemode.boot.editenv", "main"),
+)
+
+
 def write_imagemode_layer(dest: Path, epoch: int) -> Blob:
     """imagemode's own code, byte-compiled, as it runs on the device's python3."""
     with tempfile.TemporaryDirectory(prefix="imagemode-layer-") as tmp:
@@ -238,9 +274,12 @@ def write_imagemode_layer(dest: Path, epoch: int) -> Blob:
         run(compile_cmd, env={"PYTHONHASHSEED": "0"})
         bindir = root / "usr/bin"
         bindir.mkdir(parents=True)
-        entry = bindir / "imagemode"
-        entry.write_text("#!/usr/bin/python3\nfrom imagemode.entry import run\n\nraise SystemExit(run())\n")
-        entry.chmod(0o755)
+        for name, module, func in COMMANDS:
+            entry = bindir / name
+            entry.write_text(
+                f"#!/usr/bin/python3\nfrom {module} import {func}\n\nraise SystemExit({func}())\n"
+            )
+            entry.chmod(0o755)
         # The device side's units ship with the code that they run, so the two never drift apart.
         units = root / "usr/lib/systemd/system"
         wants = units / "multi-user.target.wants"

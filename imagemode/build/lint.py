@@ -90,7 +90,7 @@ def _listed(paths: list[str]) -> str:
     return ", ".join(paths[:MAX_LISTED]) + more
 
 
-def _kernels(root: Path) -> list[Path]:
+def kernels(root: Path) -> list[Path]:
     moddir = root / "usr/lib/modules"
     if not moddir.is_dir():
         return []
@@ -98,13 +98,13 @@ def _kernels(root: Path) -> list[Path]:
 
 
 def check_kernel(root: Path, labels: Labels) -> list[str]:
-    kernels = _kernels(root)
-    if not kernels:
+    found = kernels(root)
+    if not found:
         return ["no kernel: /usr/lib/modules/$kver/vmlinuz not found"]
-    if len(kernels) > 1:
-        names = ", ".join(k.name for k in kernels)
-        return [f"{len(kernels)} kernels found ({names}); a bootable image carries exactly one"]
-    k = kernels[0]
+    if len(found) > 1:
+        names = ", ".join(k.name for k in found)
+        return [f"{len(found)} kernels found ({names}); a bootable image carries exactly one"]
+    k = found[0]
     missing = [f for f in ("vmlinuz", "initramfs.img") if not (k / f).is_file()]
     if missing:
         return [f"kernel {k.name} has no {' and no '.join(missing)} in /usr/lib/modules/{k.name}"]
@@ -348,9 +348,12 @@ class LintFailedError(ImagemodeError):
         super().__init__(f"{report.image} fails lint: {first}" + (f" (and {more} more)" if more > 0 else ""))
 
 
-def lint_tree(root: Path, labels: Labels, image: str = "") -> Report:
+def lint_tree(root: Path, labels: Labels, image: str = "", skip: frozenset[str] = frozenset()) -> Report:
+    """`skip`: rules by name that are not run (bootc container lint --skip)."""
     report = Report(image=image or str(root))
     for rule in RULES:
+        if rule.name in skip:
+            continue
         messages = rule.check(root, labels)
         if not messages:
             report.passed.append(rule.name)

@@ -40,6 +40,7 @@ PACKAGES = (
     "python3-yaml",
     "skopeo",
     "podman",
+    "jq",  # greenboot's checks and fleet agents' scripts read `bootc status --json` with it
 )
 
 # Kernel module trees left out: hardware an edge node does not drive without firmware this image does

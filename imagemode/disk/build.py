@@ -154,7 +154,7 @@ def build(opts: DiskOptions, progress: Progress) -> DiskResult:
             *kargs.commit_kargs(repo, imp.commit),
             *cfg.kernel_append,
         ]
-        follows = opts.target.skopeo if opts.target else imp.image
+        follows = opts.target.spec if opts.target else imp.image
         enforce = _enforce(opts, cfg, repo, imp.commit, opts.target or parse(imp.image))
         with progress.step(*PLAN[2]):
             sysroot.mkdir()

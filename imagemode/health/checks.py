@@ -46,6 +46,7 @@ SUBDIR = {Kind.REQUIRED: "check/required.d", Kind.WANTED: "check/wanted.d", Kind
           Kind.RED: "red.d"}  # fmt: skip
 TARGET = "boot-complete.target"
 OUTPUT_KEEP = 2048  # bytes of a check's output kept in results (its tail)
+BASH = "/bin/bash"
 
 
 @dataclass(frozen=True)
@@ -117,12 +118,16 @@ def _bad(kind: str) -> str:
 
 def run_script(check: Check, timeout: float, env: dict[str, str] | None = None) -> Result:
     t0 = time.monotonic()
+    argv: list[str | Path] = [check.path]
     if not os.access(check.path, os.X_OK):
-        mode = check.path.stat().st_mode & 0o7777
-        return Result(check.name, check.kind, str(check.path), _bad(check.kind),
-                      f"not executable (mode {mode:04o})", 0.0)  # fmt: skip
+        if check.name.endswith(".sh"):
+            argv = [BASH, check.path]  # as greenboot runs them: a script copied in without its x bit
+        else:
+            mode = check.path.stat().st_mode & 0o7777
+            return Result(check.name, check.kind, str(check.path), _bad(check.kind),
+                          f"not executable (mode {mode:04o})", 0.0)  # fmt: skip
     env = {"IMAGEMODE_CHECK": check.kind, **(env or {})}
-    r = run_confined([check.path], timeout=timeout, env=env, keep=OUTPUT_KEEP, scope=True)
+    r = run_confined(argv, timeout=timeout, env=env, keep=OUTPUT_KEEP, scope=True)
     output = clean_output(r.output)
     if r.returncode == 0:
         return Result(
@@ -141,13 +146,20 @@ def run_scripts(
     config: HealthConfig,
     env: dict[str, str] | None = None,
     on_result: Callable[[Result], None] = lambda r: None,
+    stop_at_failure: bool = False,
 ) -> list[Result]:
-    """One after another, in name order: a check may rely on what an earlier one waited for."""
+    """One after another, in name order: a check may rely on what an earlier one waited for. The
+    disabled ones (greenboot.conf) do not run. `stop_at_failure`: the first failure ends the run, as
+    greenboot's required checks do (the verdict is known; the rest would only delay the rollback)."""
     results = []
     for c in checks:
+        if c.name in config.disabled:
+            continue
         r = run_script(c, config.timeout_of(c.name), env)
         on_result(r)
         results.append(r)
+        if stop_at_failure and r.status == Status.FAILED:
+            break
     return results
 
 

@@ -38,8 +38,11 @@ def _write_record(refs: list[str]) -> None:
     atomic.write(RECORD, (json.dumps({"pulled": sorted(set(refs))}, indent=2) + "\n").encode())
 
 
-def pull(wanted: list[sources.Wanted], say: Callable[[str], None] = lambda s: None) -> list[str]:
-    """Pull every bound image not in storage yet. Returns the references pulled."""
+def pull(
+    wanted: list[sources.Wanted], say: Callable[[str], None] = lambda s: None, authfile: Path | None = None
+) -> list[str]:
+    """Pull every bound image not in storage yet, with the OS image's credentials (`authfile`: where a
+    fleet agent writes its pull secret, /etc/ostree/auth.json). Returns the references pulled."""
     if not wanted:
         return []
     if which("podman") is None:
@@ -52,7 +55,8 @@ def pull(wanted: list[sources.Wanted], say: Callable[[str], None] = lambda s: No
             continue
         say(f"pulling bound image {w.ref}")
         try:
-            run(["podman", "pull", "--quiet", str(w.ref)])
+            creds = ["--authfile", str(authfile)] if authfile is not None else []
+            run(["podman", "pull", "--quiet", *creds, str(w.ref)])
         except RunError as e:
             raise BoundImageError(
                 f"bound image {w.ref} ({w.source}) cannot be pulled: {fetch.cause(e)}; nothing was staged"

@@ -54,6 +54,8 @@ class Deployment(Protocol):
 
     def is_pinned(self) -> bool: ...
 
+    def get_unlocked(self) -> int: ...  # an OSTree.DeploymentUnlockedState, an int to Python
+
 
 class Repo(Protocol):
     """OSTree.Repo, as the device reads it."""

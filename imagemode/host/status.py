@@ -39,6 +39,16 @@ class Deployment:
         return deployment_id(self.checksum, self.serial)
 
 
+# libostree's unlocked states (OSTree.DeploymentUnlockedState: development, hotfix, transient) as bootc
+# reports them: `ostree admin unlock` is read/write until the next boot, --hotfix keeps it, and
+# --transient (bootc's `usr-overlay --read-only`) mounts it read-only.
+USR_OVERLAY = {
+    1: {"accessMode": "readWrite", "persistence": "transient"},
+    2: {"accessMode": "readWrite", "persistence": "persistent"},
+    3: {"accessMode": "readOnly", "persistence": "transient"},
+}
+
+
 def image_reference(image: str, signed: bool = False) -> dict[str, Any]:
     """bootc's ImageReference: transport names as bootc spells them ("registry", "oci", ...), and the
     signature mode: "containerPolicy" in enforce mode; null otherwise, as bootc says for
@@ -49,7 +59,7 @@ def image_reference(image: str, signed: bool = False) -> dict[str, Any]:
     except ImageRefError:
         return {"image": image, "transport": "registry", "signature": sig}
     return {
-        "image": str(ref),
+        "image": ref.given or str(ref),  # as it was given: agents compare this string with their own
         "transport": ref.transport.value if ref.transport is not Transport.REGISTRY else "registry",
         "signature": sig,
     }
@@ -87,8 +97,10 @@ def host_status(
     cached_update: dict[str, Any] | None = None,
     other: list[Deployment] | None = None,
     health: dict[str, dict[str, Any]] | None = None,
+    usr_overlay: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """`health`: by deployment id (checksum.serial), what the health checks concluded."""
+    """`health`: by deployment id (checksum.serial), what the health checks concluded. `usr_overlay`:
+    bootc's FilesystemOverlay for a booted deployment that `usr-overlay` unlocked (see USR_OVERLAY)."""
     health = health or {}
 
     def entry(d: Deployment, cached: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -110,6 +122,7 @@ def host_status(
             "otherDeployments": [entry(d) for d in other or []],
             "rollbackQueued": rollback_queued,
             "type": "bootcHost" if booted else None,
+            "usrOverlay": usr_overlay if booted else None,
         },
     }
 
@@ -155,6 +168,9 @@ def human(status: dict[str, Any]) -> str:
     entry("Staged", st["staged"], " ")
     entry("Booted", st["booted"], "●")
     entry("Rollback", st["rollback"], " ")
+    overlay = st.get("usrOverlay")
+    if overlay:
+        lines.append(f"  /usr overlay: {overlay['persistence']}, {overlay['accessMode']}")
     cu = st["booted"].get("cachedUpdate")
     if cu:
         lines.append(

@@ -8,7 +8,8 @@ the CLI, not the reading. Every input of the answer changes a file that `stat` s
   (the image followed, pinning, signature enforcement) by rename into the deploy directory;
 - a staged deployment is /run/ostree/staged-deployment;
 - imagemode replaces its own state files by rename (health records, cached update, download-only);
-- a new boot has a new boot_id.
+- a new boot has a new boot_id;
+- `usr-overlay` mounts an overlay on /usr, which /proc/self/mountinfo shows.
 
 So the status that reads libostree also writes /run/imagemode/status.json, with the fingerprint of
 those files taken *before* it read them. A later status whose fingerprint matches prints that answer
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 CACHE = "/run/imagemode/status.json"
 MAGIC = "imagemode status cache 1"
 FORMATS = ("humanreadable", "yaml", "json")
+VERSIONS = ("0", "1")  # bootc status --format-version: one schema, named by both
 # What status reads, or the files whose replacement marks a change of it (see above).
 WATCHED = (
     "/run/ostree-booted",
@@ -73,8 +75,22 @@ def fingerprint() -> str:
     for stateroot in _names(STATEROOTS):
         deploy = os.path.join(STATEROOTS, stateroot, "deploy")
         paths += [deploy, *(os.path.join(deploy, n) for n in _names(deploy) if n.endswith(".origin"))]
-    parts = [boot, repr(os.path.dirname(os.path.abspath(__file__))), *(_stat(p) for p in paths)]
+    parts = [
+        boot,
+        repr(os.path.dirname(os.path.abspath(__file__))),
+        *(_stat(p) for p in paths),
+        _usr_mounts(),
+    ]
     return " | ".join(parts)
+
+
+def _usr_mounts() -> str:
+    """What is mounted on /usr: `usr-overlay` changes status (usrOverlay) by a mount, not a file."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            return repr([ln for ln in f if ln.split(" ", 5)[4:5] == ["/usr"]])
+    except OSError:
+        return ""
 
 
 def load_text(fp: str) -> str | None:
@@ -127,6 +143,10 @@ def parse(argv: list[str]) -> tuple[str | None, bool] | None:
             fmts.append(args.pop(0))
         elif a.startswith("--format=") and a.split("=", 1)[1] in FORMATS:
             fmts.append(a.split("=", 1)[1])
+        elif a == "--format-version" and args and args[0] in VERSIONS:
+            args.pop(0)  # bootc's API guide asks agents for it; both versions are the one schema
+        elif a.startswith("--format-version=") and a.split("=", 1)[1] in VERSIONS:
+            pass
         else:
             return None
     if len(fmts) > 1:
@@ -136,7 +156,10 @@ def parse(argv: list[str]) -> tuple[str | None, bool] | None:
 
 def render(status: dict[str, Any], fmt: str | None, booted: bool, tty: bool) -> str:
     if booted:
-        status = {**status, "status": {k: v for k, v in status["status"].items() if k in ("booted", "type")}}
+        # As bootc filters to the booted slot: the other slots stay, empty, so every reader of the full
+        # form reads this one too (the human form among them).
+        st = status["status"]
+        status = {**status, "status": {**st, "staged": None, "rollback": None, "otherDeployments": []}}
     fmt = fmt or ("humanreadable" if tty else "yaml")
     if fmt == "json":
         import json

@@ -184,7 +184,7 @@ def read_cached_update(booted_digest: str) -> dict[str, Any] | None:
 
 def read_status(path: str = "/") -> dict[str, Any]:
     from imagemode.health.state import statuses
-    from imagemode.host.status import host_status
+    from imagemode.host.status import USR_OVERLAY, host_status
 
     if not booted_path():
         return host_status(None, None, None)
@@ -207,4 +207,5 @@ def read_status(path: str = "/") -> dict[str, Any]:
         cached_update=read_cached_update(b.digest) if b else None,
         other=o,
         health=statuses([d.id for d in every]),
+        usr_overlay=USR_OVERLAY.get(int(booted.get_unlocked())) if booted else None,
     )

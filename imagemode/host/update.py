@@ -30,7 +30,7 @@ from imagemode.embed import bound as bound_images
 from imagemode.errors import ImagemodeError
 from imagemode.health import config as health_config
 from imagemode.health import state as health_state
-from imagemode.host import bound, decisions, etc, origin, prune
+from imagemode.host import bound, decisions, etc, origin, progress, prune
 from imagemode.host import ostree_api as api
 from imagemode.host import sysroot as sr
 from imagemode.host.decisions import Outcome
@@ -57,6 +57,8 @@ class UpdateOptions:
     # Signature enforcement (bootc's --enforce-container-sigpolicy). None: as the followed deployment
     # has it, so that a switch never turns it off unasked.
     enforce: bool | None = None
+    tag: str | None = None  # upgrade --tag: the followed image under this tag (bootc's upgrade --tag)
+    progress_fd: int | None = None  # progress-v0 JSON lines on this descriptor (imagemode.host.progress)
 
 
 @dataclass(frozen=True)
@@ -137,12 +139,27 @@ def _image_status(remote: fetch.Remote) -> dict[str, Any]:
     """bootc's ImageStatus, for cachedUpdate."""
     created = remote.config.get("created")
     return {
-        "image": image_reference(remote.ref.skopeo),
+        "image": image_reference(remote.ref.spec),
         "version": remote.version,
         "timestamp": created[:19] + "Z" if isinstance(created, str) and len(created) >= 19 else None,
         "imageDigest": remote.digest,
         "architecture": remote.config.get("architecture", ""),
     }
+
+
+def _pulling(events: progress.Events, remote: fetch.Remote) -> fetch.OnLayers:
+    """The fetch's bytes per layer, as ProgressBytes: every layer whole is always told."""
+    sizes = {str(d["digest"]): int(d["size"]) for d in remote.manifest["layers"]}
+    named = False
+
+    def heard(per_layer: dict[str, int]) -> None:
+        nonlocal named
+        if not named:  # the first call names the layers the pull fetches
+            events.layers({d: sizes.get(d, 0) for d in per_layer})
+            named = True
+        events.bytes(per_layer, force=all(n >= sizes.get(d, 0) for d, n in per_layer.items()))
+
+    return heard
 
 
 def _unlock_download(staged: api.Deployment) -> None:
@@ -198,7 +215,7 @@ def stage(
         atomic.write(sr.DOWNLOAD_ONLY, b"pending\n")
     try:
         _, new = sysroot.stage_tree(
-            origin.STATEROOT, commit, _keyfile(origin.origin(target.skopeo, signed)), merge, args, None
+            origin.STATEROOT, commit, _keyfile(origin.origin(target.spec, signed)), merge, args, None
         )
     except Exception:
         if hold:
@@ -213,13 +230,22 @@ def stage(
     return serial
 
 
+def with_tag(ref: ImageRef, tag: str) -> ImageRef:
+    """`ref` under another tag (upgrade --tag), checked as a reference is; the digest goes with the old
+    tag."""
+    if ref.transport in (Transport.OCI, Transport.OCI_ARCHIVE):
+        return parse(f"{ref.transport.value}:{ref.path}:{tag}")
+    return parse(f"{ref.name}:{tag}", ref.transport)
+
+
 def update(
     opts: UpdateOptions,
     on_bytes: fetch.OnBytes | None = None,
     say: Callable[[str], None] = lambda s: None,
 ) -> UpdateResult:
+    events = progress.Events(opts.progress_fd)  # a bad descriptor is refused before anything is read
     try:
-        return _update(opts, on_bytes, say)
+        return _update(opts, on_bytes, say, events)
     except (policies.PolicyError, fetch.SignatureError) as e:
         # The trust policy's refusals, from wherever they came: the person at the device learns that
         # the running system is as it was.
@@ -229,13 +255,18 @@ def update(
         ) from None
 
 
-def _update(opts: UpdateOptions, on_bytes: fetch.OnBytes | None, say: Callable[[str], None]) -> UpdateResult:
+def _update(
+    opts: UpdateOptions, on_bytes: fetch.OnBytes | None, say: Callable[[str], None], events: progress.Events
+) -> UpdateResult:
     sr.require_booted()
     t0 = time.monotonic()
+    events.start()
     with sr.locked() as sysroot:
         booted = sr.booted(sysroot)
         staged = sysroot.get_staged_deployment()
         target = opts.image or followed_image(sysroot)
+        if opts.tag is not None:
+            target = with_tag(target, opts.tag)
         if opts.from_downloaded:
             if staged is None or not sr.download_only(staged):
                 raise ImagemodeError(
@@ -252,6 +283,7 @@ def _update(opts: UpdateOptions, on_bytes: fetch.OnBytes | None, say: Callable[[
             # A bundle's own signatures are checked against the identity they sign (oci.archive).
             policies.require_signatures(policies.load(trust.policy), target)
         say(f"reading {target.skopeo}")
+        events.step(0, target.spec)
         remote = fetch.inspect(target, authfile, trust=trust)
         booted_image = sr.origin_of(booted).image
 
@@ -261,9 +293,9 @@ def _update(opts: UpdateOptions, on_bytes: fetch.OnBytes | None, say: Callable[[
         failed = health_state.failed_image(remote.digest)
         plan = decisions.plan_update(decisions.UpdateFacts(
             booted_is_it=_same_image(sysroot, booted, remote),
-            booted_follows_it=booted_image == target.skopeo and sr.origin_of(booted).signed == enforce,
+            booted_follows_it=booted_image == target.spec and sr.origin_of(booted).signed == enforce,
             staged=staged is not None,
-            staged_is_it=_same_image(sysroot, staged, remote) and sr.origin_of(staged).image == target.skopeo
+            staged_is_it=_same_image(sysroot, staged, remote) and sr.origin_of(staged).image == target.spec
             and sr.origin_of(staged).signed == enforce,
             failed_here=failed is not None,
             check=opts.check,
@@ -278,7 +310,7 @@ def _update(opts: UpdateOptions, on_bytes: fetch.OnBytes | None, say: Callable[[
                 failed_at=failed.get("at", ""), failed_reason=failed.get("reason", ""),
             )  # fmt: skip
         if plan.outcome is Outcome.RETARGETED:
-            sysroot.write_origin_file(booted, _keyfile(origin.origin(target.skopeo, enforce)), None)
+            sysroot.write_origin_file(booted, _keyfile(origin.origin(target.spec, enforce)), None)
         if plan.outcome not in (Outcome.STAGED, Outcome.DOWNLOADED):
             if plan.cached_update is True:
                 atomic.write(sr.CACHED_UPDATE, (json.dumps(_image_status(remote)) + "\n").encode())
@@ -299,10 +331,14 @@ def _update(opts: UpdateOptions, on_bytes: fetch.OnBytes | None, say: Callable[[
             say(f"importing {remote.digest}")
             imp = importer.import_image(
                 repo, target, work, remote=remote, authfile=authfile, on_bytes=on_bytes,
-                check_bootable=True, trust=trust,
+                check_bootable=True, trust=trust, on_layers=_pulling(events, remote),
+                on_layer=lambda i, n, new: events.importing(i, n),
             )  # fmt: skip
+            events.staging(0)
             check_etc(sysroot, repo, booted, imp.commit, work)
-            bound.pull(bound_images.in_commit(repo, imp.commit), say)
+            events.staging(1)
+            bound.pull(bound_images.in_commit(repo, imp.commit), say, authfile)
+            events.staging(2)
             merge = sysroot.get_merge_deployment(origin.STATEROOT) or booted
             args = new_kargs(sysroot, repo, merge, imp.commit)
         finally:
@@ -310,9 +346,11 @@ def _update(opts: UpdateOptions, on_bytes: fetch.OnBytes | None, say: Callable[[
         prune.drop_extra_deployments(sysroot)
         say("staging")
         serial = stage(sysroot, imp.commit, target, merge, args, opts.download_only, tries, enforce)
+        events.staging(3)
         sr.CACHED_UPDATE.unlink(missing_ok=True)
         sysroot.load(None)
         refs_removed, _ = prune.prune_store(sysroot, repo, objects=False)
+        events.staging(4)
         return UpdateResult(
             plan.outcome,
             target.skopeo,

@@ -8,7 +8,8 @@ At every boot `imagemode-health.service` runs `imagemode health --boot`:
 1. If GRUB fell back (grubenv names a tried deployment with no tries left, and another one is booted),
    make the fallback permanent: the tried deployment is marked failed, the booted one goes first in
    ostree's order, the counter is cleared and red.d runs.
-2. Run the required and wanted checks, and read the units that boot-complete.target requires or wants.
+2. Run the required checks, until one fails (as greenboot does), then the wanted ones, and read the
+   units that boot-complete.target requires or wants.
 3. Healthy: on a counted boot (the booted deployment is the one being tried) clear the counter; green.d.
    Failed: mark the deployment failed and run red.d; on a counted boot also set its tries to 0 and
    reboot, so that GRUB boots the previous deployment.
@@ -20,10 +21,13 @@ cannot report: a kernel panic, a hang, a power cut before the verdict.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from imagemode import atomic
 from imagemode.boot import grub, grubenv
 from imagemode.health import checks, config, state
 from imagemode.health.checks import Result
@@ -117,11 +121,12 @@ def run(boot: bool = False, say: Callable[[Result], None] = lambda r: None) -> R
     me = api.dep_id(booted)
     env = grubenv.read(grubenv.PHYSICAL)
     actions = [*_sync_menu(), *_finish_fallback(env, booted, cfg, say)] if boot else []
-    results = checks.run_scripts(checks.discover(checks.Kind.REQUIRED), cfg, None, say)
-    results += checks.run_scripts(checks.discover(checks.Kind.WANTED), cfg, None, say)
-    for r in checks.unit_checks():
-        say(r)
-        results.append(r)
+    results = checks.run_scripts(checks.discover(checks.Kind.REQUIRED), cfg, None, say, stop_at_failure=True)
+    if checks.verdict(results) is None:  # as greenboot: a failed required check ends the checks
+        results += checks.run_scripts(checks.discover(checks.Kind.WANTED), cfg, None, say)
+        for r in checks.unit_checks():
+            say(r)
+            results.append(r)
     failed = checks.verdict(results)
     d = sr.describe(sysroot, booted)
     counted = boot and env.get(grubenv.TRY) == me
@@ -131,6 +136,8 @@ def run(boot: bool = False, say: Callable[[Result], None] = lambda r: None) -> R
     report = Report(me, d.image, d.digest, failed is None, results, at, counted, actions, reboot)
     state.save_last({**report.to_dict(), "boot": boot})
     if boot:
+        _motd(report, failed)
+    if boot:
         if failed is None:
             _hooks(checks.Kind.GREEN, cfg, {"IMAGEMODE_HEALTH": "healthy"}, say)
         else:
@@ -138,6 +145,21 @@ def run(boot: bool = False, say: Callable[[Result], None] = lambda r: None) -> R
                 checks.Kind.RED, cfg, {"IMAGEMODE_HEALTH": "failed", "IMAGEMODE_FAILED_DEPLOYMENT": me}, say
             )
     return report
+
+
+MOTD = Path("/run/motd.d/50-imagemode-health")  # pam_motd shows /run/motd.d/* at every login
+
+
+def _motd(report: Report, failed: Result | None) -> None:
+    """The boot's verdict in one line at login: a person at the console learns of a failed boot, or
+    of a fallback, before anything else. Best effort: a login banner never fails a verdict."""
+    what = "healthy" if failed is None else f"FAILED: {failed.line()}"
+    fell = [a for a in report.actions if a.startswith("fell back")]
+    line = f"imagemode: this boot is {what} ({report.at}; imagemode health --show)\n"
+    if fell:
+        line += f"imagemode: {fell[0]}\n"
+    with contextlib.suppress(OSError):
+        atomic.write(MOTD, line.encode(), mode=0o644, durable=False)
 
 
 def _verdict(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from imagemode.errors import ImagemodeError
 
@@ -46,6 +46,9 @@ class ImageRef:
     tag: str | None = None
     digest: str | None = None
     path: str = ""
+    # The reference as it was written, without its transport: what status reports back (bootc's
+    # agents compare strings, and `os` must not come back as `docker.io/library/os:latest`).
+    given: str = field(default="", compare=False)
 
     def __str__(self) -> str:
         """The reference as podman and skopeo print it, without the transport."""
@@ -57,6 +60,12 @@ class ImageRef:
         if self.digest:
             s += f"@{self.digest}"
         return s
+
+    @property
+    def spec(self) -> str:
+        """The reference as given (else as printed), in skopeo's `transport:details` form: what an
+        origin records, and what status shows."""
+        return f"{self.transport.skopeo_prefix}{self.given or self}"
 
     @property
     def skopeo(self) -> str:
@@ -128,7 +137,7 @@ def parse(text: str, transport: str | Transport | None = None) -> ImageRef:
         path, _, path_tag = text.partition(":")
         if not path:
             raise ImageRefError(f"invalid image reference {original!r}: no path after {transport.value}:")
-        return ImageRef(transport, tag=path_tag or None, path=path)
+        return ImageRef(transport, tag=path_tag or None, path=path, given=text)
     if transport is Transport.CONTAINERS_STORAGE and text.startswith("["):
         raise ImageRefError(f"invalid image reference {original!r}: storage specifiers are not supported")
     name, tag, digest = _split_name(text, original)
@@ -137,7 +146,7 @@ def parse(text: str, transport: str | Transport | None = None) -> ImageRef:
         name = f"localhost/{name}"
     if tag is None and digest is None:
         tag = "latest"
-    return ImageRef(transport, name=name, tag=tag, digest=digest)
+    return ImageRef(transport, name=name, tag=tag, digest=digest, given=text)
 
 
 def parse_local(text: str) -> ImageRef:

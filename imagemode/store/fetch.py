@@ -33,6 +33,7 @@ from imagemode.run import RunError, disk_watchdog
 
 # (bytes so far, bytes in all, seconds since the start), about once a second.
 OnBytes = Callable[[int, int, float], None]
+OnLayers = Callable[[dict[str, int]], None]  # layer digest -> bytes so far
 
 # What skopeo prints, and what it means to someone at a device.
 _CAUSES = (
@@ -185,6 +186,17 @@ def _allocated(layout: Path) -> int:
     return total
 
 
+def _blob_bytes(layout: Path, digests: list[str]) -> dict[str, int]:
+    """Bytes written so far into each blob that skopeo has named (it names a blob when it is whole)."""
+    out = {}
+    for d in digests:
+        try:
+            out[d] = blob_path(layout, d).lstat().st_blocks * 512
+        except (FileNotFoundError, ValueError):
+            out[d] = 0
+    return out
+
+
 @dataclass(frozen=True)
 class Fetched:
     layout: Path  # an OCI layout whose image is tagged "image"
@@ -295,11 +307,12 @@ def fetch(
     on_bytes: OnBytes | None = None,
     store: Path | None = None,
     trust: Trust | None = None,
+    on_layers: OnLayers | None = None,
 ) -> Fetched:
     """Copy `remote` into a new OCI layout under `work`, skipping the layers `have_layer` names, and
     applying the trust policy to it. When every layer is cached the copy is the manifest and config
     alone: the policy is never skipped. `store`: the repository the layers go to, whose free space
-    counts in the preflight."""
+    counts in the preflight. `on_layers`: bytes per missing layer digest, as they arrive."""
     if trust is not None and not trust.policy.exists():
         # skopeo would say "no such file", which reads like a missing image.
         raise SignatureError(f"{trust.policy} is missing: skopeo refuses every image without a policy")
@@ -317,18 +330,27 @@ def fetch(
             with open(blob, "wb") as f:
                 f.truncate(int(desc["size"]))
     t0 = time.monotonic()
+    sizes = {str(d["digest"]): int(d["size"]) for d, _ in missing}
+
+    def whole() -> Fetched:
+        if on_layers is not None:
+            on_layers(sizes)
+        return Fetched(layout, len(missing), total + int(remote.manifest["config"]["size"]))
+
     if remote.ref.transport is Transport.OCI_ARCHIVE:
         try:
             _from_archive(remote, [d for d, _ in missing], layout, total, on_bytes, trust or Trust())
         except FetchError:
             shutil.rmtree(layout, ignore_errors=True)
             raise
-        return Fetched(layout, len(missing), total + int(remote.manifest["config"]["size"]))
+        return whole()
     full = disk_watchdog(work)
 
     def watch() -> str | None:
         if on_bytes is not None:
             on_bytes(min(_allocated(layout), total), total, time.monotonic() - t0)
+        if on_layers is not None:
+            on_layers(_blob_bytes(layout, list(sizes)))
         return full()
 
     try:
@@ -348,4 +370,4 @@ def fetch(
         raise refused or explain(remote.ref, e) from None
     if on_bytes is not None:
         on_bytes(total, total, time.monotonic() - t0)
-    return Fetched(layout, len(missing), total + int(remote.manifest["config"]["size"]))
+    return whole()

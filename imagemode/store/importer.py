@@ -209,6 +209,7 @@ def import_image(
     on_bytes: fetch.OnBytes | None = None,
     check_bootable: bool = False,
     trust: Trust | None = None,
+    on_layers: fetch.OnLayers | None = None,
 ) -> ImportResult:
     """Import `src`: only the layers the store lacks are copied, and an image already imported under
     the same digest is not merged again. `remote` is `src` already inspected (with the same `trust`).
@@ -220,7 +221,9 @@ def import_image(
     def have(diff_id: str) -> bool:
         return repo.resolve(layer_ref(diff_id)) is not None
 
-    got = fetch.fetch(remote, have, work, authfile, on_bytes, store=repo.path, trust=trust)
+    got = fetch.fetch(
+        remote, have, work, authfile, on_bytes, store=repo.path, trust=trust, on_layers=on_layers
+    )
     try:
         img = read_layout(got.layout, "image")
         if img.digest != remote.digest:
