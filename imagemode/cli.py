@@ -240,7 +240,7 @@ VERBS: tuple[Verb, ...] = (
          device=True),
     Verb(("switch",), "follow another image, and stage it",
          "Like upgrade, to a new image reference, which becomes spec.image. A switch to the booted image "
-         "under another name only changes what the device follows.",
+         "under another name stages a deployment of it that follows the new name (nothing is fetched).",
          c.switch, (
              opt("image", metavar="IMAGE", help="e.g. registry.example.com/os:stable, oci:/path"),
              opt("--transport", metavar="T",

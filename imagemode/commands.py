@@ -209,7 +209,7 @@ def _update(args: argparse.Namespace, image: Any) -> int:
     say = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr))
     r = up.update(opts, on_bytes=Transfer("fetching", quiet=quiet), say=say)
     emit(r, args)
-    if args.apply and r.outcome in (Outcome.STAGED, Outcome.ALREADY_STAGED):
+    if args.apply and r.outcome in (Outcome.STAGED, Outcome.ALREADY_STAGED, Outcome.RETARGETED):
         _reboot()
     return 0
 

@@ -45,10 +45,14 @@ def facts(**kw: bool) -> UpdateFacts:
         ({"booted_is_it": True}, UpdatePlan(Outcome.NO_UPDATE, cached_update=False)),
         ({"booted_is_it": True, "staged": True},
          UpdatePlan(Outcome.NO_UPDATE, drop_staged=True, cached_update=False)),
-        # the booted image under another name or signature mode: only the origin is rewritten
-        ({"booted_is_it": True, "booted_follows_it": False}, UpdatePlan(Outcome.RETARGETED)),
+        # the booted image under another name or signature mode: its commit is staged again, as
+        # bootc does, once (a second switch to the same name finds it staged)
+        ({"booted_is_it": True, "booted_follows_it": False},
+         UpdatePlan(Outcome.RETARGETED, cached_update=False)),
         ({"booted_is_it": True, "booted_follows_it": False, "staged": True},
-         UpdatePlan(Outcome.RETARGETED, drop_staged=True)),
+         UpdatePlan(Outcome.RETARGETED, drop_staged=True, cached_update=False)),
+        ({"booted_is_it": True, "booted_follows_it": False, "staged": True, "staged_is_it": True},
+         UpdatePlan(Outcome.ALREADY_STAGED, unlock_download=True)),
         # --check changes nothing but the cached answer
         ({"check": True}, UpdatePlan(Outcome.AVAILABLE, cached_update=True)),
         ({"check": True, "staged": True}, UpdatePlan(Outcome.AVAILABLE, cached_update=True)),

@@ -3,10 +3,15 @@
 One VM on a copy-on-write overlay goes through three boots, in this order (the tests share it and
 run in file order):
 
-1. v1: no update, bad input of every kind, auth files, an /etc conflict, `upgrade --check`,
-   `--download-only`, then the upgrade service (`upgrade --apply --quiet`), which reboots: QEMU runs
-   with -no-reboot, so that is a power-off, and the staged deployment is finalized on the way down.
-2. v2: booted with the local /etc edit and v2's new default; rollback, twice, three times; prune.
+1. v1: `bootc` as its callers run it, no update, bad input of every kind, auth files, an /etc
+   conflict, `upgrade --check`, `--download-only` (with a bound image from the htpasswd registry),
+   then flightctl's sequence through the `bootc` name: status, `podman pull` with the OS image's pull
+   secret, `switch --transport containers-storage --retain` (with progress-v0 lines), `upgrade
+   --apply`, which reboots: QEMU runs with -no-reboot, so that is a power-off, and the staged
+   deployment is finalized on the way down.
+2. v2: booted with the local /etc edit and v2's new default, the image in status exactly as the agent
+   gave it; the upgrade service finds nothing new and does not reboot; rollback, twice; prune; then
+   the agent's `bootc rollback --apply`.
 3. v1 again.
 
 The guest reaches the registries through guestfwd: 10.0.2.100:5000 open, :5001 with htpasswd, :5002
@@ -41,6 +46,9 @@ V1, V2 = HELLO_V1, HELLO_V2
 # v2 as the device meets it: hello v2 plus a /var directory whose name has a space and a kernel argument
 # with GRUB's special characters, quoted (the honest cases of the hostile-input issue).
 V2X = "localhost/imagemode/hello:lc-v2x"
+BOUND = f"{AUTH}/imagemode/bound:1"  # V2X binds it: pulled with /etc/ostree/auth.json alone
+AGENT_REF = f"{AUTH}/imagemode/hello-next:v2"  # what the fleet agent pulls and switches to
+PROGRESS = json.loads((Path(__file__).resolve().parent / "data/bootc-progress-v0.schema.json").read_text())
 QUOTED_KARG = 'hello.quoted="semi;colon$dollar"'
 CONFLICT = "localhost/imagemode/hello:lc-conflict"
 LOCAL_EDIT = "edited on the device"
@@ -60,6 +68,9 @@ def images(hello_images: dict[str, str], tmp_path_factory: pytest.TempPathFactor
     (v2x / "Containerfile").write_text(
         f"FROM {V2}\nCOPY 60-quoted.toml /usr/lib/bootc/kargs.d/60-quoted.toml\n"
         'RUN mkdir -p "/var/lib/my app" && echo kept > "/var/lib/my app/state"\n'
+        "RUN mkdir -p /usr/share/containers/systemd /usr/lib/bootc/bound-images.d"
+        f" && printf '[Image]\\nImage={BOUND}\\n' > /usr/share/containers/systemd/lc-bound.image"
+        " && ln -s /usr/share/containers/systemd/lc-bound.image /usr/lib/bootc/bound-images.d/\n"
     )
     imagemode("build", "-t", V2X, str(v2x))
     tar = ctx / "nokernel.tar"
@@ -74,10 +85,11 @@ def images(hello_images: dict[str, str], tmp_path_factory: pytest.TempPathFactor
 def registries(images: dict[str, str]) -> Iterator[tuple[Registry, Registry]]:
     with Registry() as open_, Registry(user="edge", password="s3cret") as auth:
         open_.push(f"containers-storage:{V1}", "imagemode/hello:latest")
-        open_.push(f"containers-storage:{V2X}", "imagemode/hello-next:v2")
         open_.push(f"containers-storage:{CONFLICT}", "imagemode/hello:conflict")
         open_.push("containers-storage:localhost/imagemode/nokernel:lc", "imagemode/nokernel:v1")
         auth.push(f"containers-storage:{V1}", "imagemode/hello:v1")
+        auth.push(f"containers-storage:{V2X}", AGENT_REF.split("/", 1)[1])
+        auth.push("containers-storage:localhost/imagemode/nokernel:lc", BOUND.split("/", 1)[1])
         yield open_, auth
 
 
@@ -138,7 +150,7 @@ def test_booted_v1_follows_the_registry(vm: VM, images: dict[str, str]) -> None:
     assert "hello.version=1" in cmdline and QUOTED_KARG.replace('"', "") not in cmdline
     assert vm.exec("systemctl is-enabled imagemode-upgrade.timer", check=False).stdout.strip() == "disabled"
     timer = vm.exec("systemctl show -p RandomizedDelayUSec -p FixedRandomDelay imagemode-upgrade.timer")
-    assert timer.stdout.split() == ["RandomizedDelayUSec=2h", "FixedRandomDelay=yes"], timer.stdout
+    assert sorted(timer.stdout.split()) == ["FixedRandomDelay=yes", "RandomizedDelayUSec=2h"], timer.stdout
 
 
 def test_bootc_on_the_device_answers_as_bootc(vm: VM, images: dict[str, str]) -> None:
@@ -300,13 +312,16 @@ def test_auth_file_must_be_private_and_is_used(vm: VM) -> None:
     line = one_line_error(vm.exec(f"imagemode switch {AUTH}/imagemode/hello:v1", check=False))
     assert "open to other users (mode 0644)" in line
     vm.exec("chmod 600 /etc/ostree/auth.json")
-    # The same image as the booted one under another name: no new deployment, only what it follows.
-    deployments = vm.exec("ls /ostree/deploy/default/deploy").stdout
+    # The same image as the booted one under another name: as bootc, a deployment of the booted commit
+    # that follows the new name, staged (something for an agent's `upgrade --apply` to reboot into).
     p = vm.exec(f"imagemode switch {AUTH}/imagemode/hello:v1")
-    assert "no new deployment" in p.stdout
-    assert status(vm)["spec"]["image"]["image"] == f"{AUTH}/imagemode/hello:v1"
-    vm.exec(f"imagemode switch {OPEN}/imagemode/hello:latest && rm /etc/ostree/auth.json")
-    assert vm.exec("ls /ostree/deploy/default/deploy").stdout == deployments
+    assert "is the booted image under another name: staged a deployment" in p.stdout, p.stdout
+    st = status(vm)
+    assert st["spec"]["image"]["image"] == f"{AUTH}/imagemode/hello:v1"
+    assert st["status"]["staged"]["ostree"]["checksum"] == st["status"]["booted"]["ostree"]["checksum"]
+    assert vm.exec(f"imagemode switch {AUTH}/imagemode/hello:v1").stdout.startswith("already staged")
+    # The pull secret stays, as a fleet agent leaves it: the bound image and the agent's pull use it.
+    vm.exec(f"imagemode switch {OPEN}/imagemode/hello:latest")  # back: the staged one is dropped
     st = status(vm)
     assert (
         st["status"]["staged"] is None and st["spec"]["image"]["image"] == f"{OPEN}/imagemode/hello:latest"
@@ -343,7 +358,9 @@ def test_download_only_then_upgrade(vm: VM) -> None:
     p = vm.exec("imagemode upgrade --download-only --json")
     result = json.loads(p.stdout)
     assert result["outcome"] == "downloaded"
-    assert result["layers_fetched"] == 3 and result["layers_total"] == 8, result  # hello v2's, and V2X's two
+    assert result["layers_fetched"] == 4 and result["layers_total"] == 9, (
+        result
+    )  # hello v2's, and V2X's three
     st = status(vm)
     assert st["status"]["staged"]["downloadOnly"] is True
     assert st["status"]["staged"]["image"]["version"] == "2"
@@ -352,33 +369,42 @@ def test_download_only_then_upgrade(vm: VM) -> None:
     # A plain upgrade of the same image lifts the hold.
     assert vm.exec("imagemode upgrade").stdout.startswith("already staged")
     assert status(vm)["status"]["staged"]["downloadOnly"] is False
+    # V2X's bound image came from the htpasswd registry with /etc/ostree/auth.json, podman's own
+    # credential files being absent.
+    assert vm.exec(f"podman image exists {BOUND}", check=False).returncode == 0
+    assert vm.exec("ls /run/containers/0/auth.json /root/.config/containers/auth.json "
+                   "/root/.docker/config.json", check=False).returncode != 0  # fmt: skip
     # Staging pruned what no deployment uses: the conflict image, imported and refused, is gone.
     refs = vm.exec("ostree refs --repo=/sysroot/ostree/repo").stdout
     assert "hello_conflict" not in refs and "hello_latest" in refs
 
 
-def test_switch_to_another_repository(vm: VM) -> None:
-    """The same v2 under another repository name: a new deployment that follows the new name."""
-    result = json.loads(vm.exec(f"imagemode switch {OPEN}/imagemode/hello-next:v2 --json").stdout)
-    assert result["outcome"] == "staged" and result["layers_fetched"] == 0, result
-    st = status(vm)
-    assert st["spec"]["image"] == {
-        "image": f"{OPEN}/imagemode/hello-next:v2",
-        "transport": "registry",
-        "signature": None,
-    }
+def test_an_agent_switches_through_containers_storage(vm: VM) -> None:
+    """flightctl's sequence, by the bootc name: status, a pull with the OS image's pull secret, then a
+    switch to the pulled image in containers-storage (--retain, as flightctl passes it)."""
+    jsonschema.validate(json.loads(vm.exec("bootc status --json").stdout), SCHEMA)
+    vm.exec(f"podman pull --quiet --authfile /etc/ostree/auth.json {AGENT_REF}")
+    vm.exec(f"bootc switch --transport containers-storage --retain --progress-fd 3 {AGENT_REF}"
+            " 3>/run/lc-progress.jsonl")  # fmt: skip
+    lines = [json.loads(ln) for ln in vm.exec("cat /run/lc-progress.jsonl").stdout.splitlines()]
+    for line in lines:
+        jsonschema.validate(line, PROGRESS)
+    assert lines[0] == {"type": "Start", "version": "0.1.0"}
+    assert {x["task"] for x in lines[1:]} >= {"pulling", "staging"}
+    assert lines[-1]["task"] == "staging" and all(t["completed"] for t in lines[-1]["subtasks"])
+    st = json.loads(vm.exec("bootc status --json").stdout)
+    jsonschema.validate(st, SCHEMA)
+    assert st["spec"]["image"] == {"image": AGENT_REF, "transport": "containers-storage", "signature": None}
     staged = st["status"]["staged"]
-    assert staged["image"]["image"]["image"] == f"{OPEN}/imagemode/hello-next:v2"
-    assert staged["image"]["version"] == "2" and staged["downloadOnly"] is False
-    assert f"{staged['ostree']['checksum']}.{staged['ostree']['deploySerial']}" == result["staged"]
+    assert staged["image"]["image"]["image"] == AGENT_REF and staged["image"]["version"] == "2"
 
 
-def test_upgrade_service_applies_and_reboots(vm: VM) -> None:
-    """The timer's service: `upgrade --apply --quiet` finds v2 staged and reboots (here: powers off)."""
-    vm.exec("systemctl start --no-block imagemode-upgrade.service")
+def test_the_agents_upgrade_apply_reboots(vm: VM) -> None:
+    """`bootc upgrade --apply` finds the switch staged and reboots into it (here: powers off)."""
+    vm.exec("bootc upgrade --apply", check=False)  # the connection ends with the reboot
     vm.wait_down(300)
-    # The service rebooted the guest (under -no-reboot QEMU then exits), rather than powering it off;
-    # the next test boots what it staged.
+    # The guest rebooted (under -no-reboot QEMU then exits), rather than powering off; the next test
+    # boots what was staged.
     assert "reboot: Restarting system" in vm.console, vm.console[-2000:]
 
 
@@ -389,7 +415,10 @@ def test_v2_booted_with_local_etc_kept(vm: VM, images: dict[str, str]) -> None:
     vm.start().wait_ssh(900)
     st = status(vm)
     assert st["status"]["booted"]["image"]["version"] == "2"
-    assert st["spec"]["image"]["image"] == f"{OPEN}/imagemode/hello-next:v2"
+    agent = json.loads(vm.exec("bootc status --json").stdout)
+    jsonschema.validate(agent, SCHEMA)
+    assert agent["status"]["booted"]["image"]["image"]["image"] == AGENT_REF  # byte for byte
+    assert agent["spec"]["image"]["image"] == AGENT_REF
     assert st["status"]["rollback"]["image"]["imageDigest"] == images[V1]
     assert vm.exec("test -e /usr/share/hello/v2").returncode == 0
     assert LOCAL_EDIT in vm.exec("cat /etc/motd").stdout  # the local edit, merged
@@ -403,7 +432,17 @@ def test_v2_booted_with_local_etc_kept(vm: VM, images: dict[str, str]) -> None:
     assert vm.exec("systemctl --failed --no-legend --plain").stdout.strip() == ""
 
 
-def test_rollback_twice_undoes_and_thrice_queues(vm: VM) -> None:
+def test_upgrade_service_finds_nothing_new_and_does_not_reboot(vm: VM) -> None:
+    """The timer's service (`upgrade --apply --quiet`): what it follows is booted, so it ends well and
+    the device stays up."""
+    vm.exec("systemctl start imagemode-upgrade.service")  # a oneshot: returns when it has run
+    ran = vm.exec("systemctl show -p Result -p ExecMainStatus -p ActiveState imagemode-upgrade").stdout
+    assert sorted(ran.split()) == ["ActiveState=inactive", "ExecMainStatus=0", "Result=success"], ran
+    assert vm.exec("systemctl is-system-running", check=False).stdout.strip() in ("running", "degraded")
+    assert status(vm)["status"]["staged"] is None
+
+
+def test_rollback_twice_undoes(vm: VM) -> None:
     # The boot's verdict clears v2's counter under the sysroot lock (rollback would wait for it); the
     # story has the verdict first. A start of its oneshot unit returns once that run has finished.
     vm.exec("systemctl start imagemode-health.service")
@@ -412,8 +451,6 @@ def test_rollback_twice_undoes_and_thrice_queues(vm: VM) -> None:
     assert "Rollback queued" in vm.exec("imagemode status --format humanreadable").stdout
     assert vm.exec("imagemode rollback").stdout.startswith("rollback undone")
     assert status(vm)["status"]["rollbackQueued"] is False
-    vm.exec("imagemode rollback")
-    assert status(vm)["status"]["rollbackQueued"] is True
 
 
 def test_prune_keeps_what_deployments_use(vm: VM) -> None:
@@ -430,7 +467,25 @@ def test_prune_keeps_what_deployments_use(vm: VM) -> None:
             f"ostree rev-parse --repo=/sysroot/ostree/repo imagemode/image/{ref}"
         ).stdout.strip()
         assert commit.strip() in deployed, ref
-    vm.poweroff()
+
+
+def test_usr_overlay_is_writable_until_the_next_boot(vm: VM) -> None:
+    assert vm.exec("touch /usr/lc-overlay", check=False).returncode != 0  # /usr is read-only
+    out = vm.exec("bootc usr-overlay").stdout
+    assert out.startswith("a writable overlay is mounted on /usr"), out
+    vm.exec("touch /usr/lc-overlay")
+    assert status(vm)["status"]["usrOverlay"] == {"accessMode": "readWrite", "persistence": "transient"}
+    p = vm.exec("imagemode usr-overlay", check=False)
+    assert p.returncode == 1 and p.stderr.startswith("imagemode: error: /usr already has an overlay"), (
+        p.stderr
+    )
+
+
+def test_the_agents_rollback_apply_reboots(vm: VM) -> None:
+    """A third rollback queues v1 again, and --apply reboots into it (the next boot shows v1)."""
+    vm.exec("bootc rollback --apply", check=False)  # the connection ends with the reboot
+    vm.wait_down(300)
+    assert "reboot: Restarting system" in vm.console, vm.console[-2000:]
 
 
 # ---- boot 3: v1 again -------------------------------------------------------------------------------
@@ -443,5 +498,6 @@ def test_rolled_back_to_v1(vm: VM, images: dict[str, str]) -> None:
     assert st["status"]["rollback"]["image"]["version"] == "2"
     assert vm.exec("test -e /usr/share/hello/v2", check=False).returncode != 0  # the v2 marker is gone
     assert vm.exec("cat /usr/share/hello/release").stdout == "hello v1\n"
+    assert st["status"]["usrOverlay"] is None  # boot 2's overlay was v2's, and transient
     cmdline = vm.exec("cat /proc/cmdline").stdout.split()
     assert "hello.version=1" in cmdline and QUOTED_KARG.replace('"', "") not in cmdline

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -51,6 +52,27 @@ def test_prune_keeps_deployed_images_and_their_layers() -> None:
     doomed = refs_to_delete(images, layers, {"c1", "c2", "c4"}, diff_ids)
     # c4 is deployed without an image ref of its own (a disk's first deployment): its layer stays.
     assert doomed == ["imagemode/image/old", layer_ref(d3)]
+
+
+def test_what_was_downloaded_is_kept_after_its_deployment_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reboot drops a held deployment; its commit is still what prune keeps (sysroot.downloaded)."""
+    from imagemode.host import sysroot as sr
+
+    record = tmp_path / "downloaded"
+    monkeypatch.setattr(sr, "DOWNLOADED", record)
+    assert sr.downloaded() == set()
+    record.write_text("c" * 64 + "\n")
+    assert sr.downloaded() == {"c" * 64}
+    d1, d2 = (f"sha256:{c * 64}" for c in "12")
+    images = {"imagemode/image/next": "c" * 64}
+    diff_ids = {"c" * 64: [d1]}
+    assert refs_to_delete(images, [layer_ref(d1), layer_ref(d2)], sr.downloaded(), diff_ids) == [
+        layer_ref(d2)
+    ]
+    record.write_text("../../etc/passwd\n")  # a record is read as what it must be, or not at all
+    assert sr.downloaded() == set()
 
 
 @dataclass

@@ -17,7 +17,7 @@ class Outcome(enum.StrEnum):
     ALREADY_STAGED = "already-staged"
     STAGED = "staged"
     DOWNLOADED = "downloaded"  # staged, but not to be finalized at shutdown
-    RETARGETED = "retargeted"  # switch to the booted image under another name: origin rewritten only
+    RETARGETED = "retargeted"  # switch to the booted image under another name: its commit staged again
     FAILED_BEFORE = "failed-before"  # the image failed its health checks here: not staged again
 
 
@@ -51,9 +51,13 @@ def plan_update(f: UpdateFacts) -> UpdatePlan:
             return UpdatePlan(Outcome.NO_UPDATE, cached_update=False)
         return UpdatePlan(Outcome.AVAILABLE, cached_update=True)
     if f.booted_is_it:
-        if not f.booted_follows_it:
-            return UpdatePlan(Outcome.RETARGETED, drop_staged=f.staged)
-        return UpdatePlan(Outcome.NO_UPDATE, drop_staged=f.staged, cached_update=False)
+        if f.booted_follows_it:
+            return UpdatePlan(Outcome.NO_UPDATE, drop_staged=f.staged, cached_update=False)
+        if f.staged_is_it:  # the new name is staged already: an agent's `upgrade --apply` reboots into it
+            return UpdatePlan(Outcome.ALREADY_STAGED, unlock_download=not f.download_only)
+        # As bootc does: a deployment of the booted commit that follows the new name, so that the
+        # switch is something to reboot into (an agent waits for that reboot) and status says it.
+        return UpdatePlan(Outcome.RETARGETED, drop_staged=f.staged, cached_update=False)
     if f.staged_is_it:
         return UpdatePlan(Outcome.ALREADY_STAGED, unlock_download=not f.download_only)
     return UpdatePlan(Outcome.DOWNLOADED if f.download_only else Outcome.STAGED, cached_update=False)

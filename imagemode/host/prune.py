@@ -50,7 +50,8 @@ def prune_store(sysroot: api.Sysroot, repo: Repo, objects: bool = True) -> tuple
     (5 s on an emulated device), so an update leaves it to imagemode-prune.service at the next boot,
     as ostree leaves its own cleanup after finalization.
     """
-    deployed = {d.get_csum() for d in sysroot.get_deployments()}
+    # What a --download-only update fetched counts as deployed, after a reboot dropped its deployment.
+    deployed = {d.get_csum() for d in sysroot.get_deployments()} | sr.downloaded()
     image_refs = {r: repo.resolve(r) or "" for r in repo.refs(importer.IMAGE_REF.rstrip("/"))}
     layer_refs = repo.refs(importer.LAYER_REF.rstrip("/"))
     diff_ids: dict[str, list[str]] = {}

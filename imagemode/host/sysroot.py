@@ -26,6 +26,10 @@ CACHED_UPDATE = Path("/var/lib/imagemode/cached-update.json")
 # A staged deployment that ostree-finalize-staged.service must leave alone at shutdown (its drop-in
 # checks this file): `upgrade --download-only`. It lives in /run, as the staged deployment does.
 DOWNLOAD_ONLY = Path("/run/imagemode/download-only")
+# The commit of the last --download-only import. A reboot drops the held deployment (it lives in /run),
+# but not what was downloaded: prune keeps this commit's image and layers, so the next --download-only
+# or upgrade fetches nothing again (docs/upgrade.md).
+DOWNLOADED = Path("/var/lib/imagemode/downloaded")
 # An update removed refs: imagemode-prune.service frees their objects at the next boot.
 PRUNE_PENDING = WORK / "prune-pending"
 # How long a device verb waits for another holder of the sysroot lock (docs/upgrade.md).
@@ -126,6 +130,15 @@ def same(a: api.Deployment | None, b: api.Deployment | None) -> bool:
         and a.get_csum() == b.get_csum()
         and (a.get_deployserial() == b.get_deployserial())
     )
+
+
+def downloaded() -> set[str]:
+    """The commit that a --download-only update fetched, if its record is there."""
+    try:
+        commit = DOWNLOADED.read_text().strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return set()
+    return {commit} if len(commit) == 64 and all(c in "0123456789abcdef" for c in commit) else set()
 
 
 def download_only(dep: api.Deployment) -> bool:

@@ -89,7 +89,8 @@ class UpdateResult:
             case Outcome.AVAILABLE:
                 return f"update available: {what}\n  imagemode upgrade stages it"
             case Outcome.RETARGETED:
-                return f"{self.image} is the booted image: the device now follows it (no new deployment)"
+                return (f"{self.image} is the booted image under another name: staged a deployment that"
+                        " follows it (nothing fetched); it boots at the next restart")  # fmt: skip
             case Outcome.ALREADY_STAGED:
                 return f"already staged: {what}; it boots at the next restart"
             case Outcome.FAILED_BEFORE:
@@ -225,8 +226,10 @@ def stage(
     grubenv.arm(grubenv.PHYSICAL, serial, tries)
     if hold:
         atomic.write(sr.DOWNLOAD_ONLY, (serial + "\n").encode())
+        atomic.write(sr.DOWNLOADED, (commit + "\n").encode())
     else:
         sr.DOWNLOAD_ONLY.unlink(missing_ok=True)
+        sr.DOWNLOADED.unlink(missing_ok=True)  # a staged update supersedes what was downloaded
     return serial
 
 
@@ -310,7 +313,15 @@ def _update(
                 failed_at=failed.get("at", ""), failed_reason=failed.get("reason", ""),
             )  # fmt: skip
         if plan.outcome is Outcome.RETARGETED:
-            sysroot.write_origin_file(booted, _keyfile(origin.origin(target.spec, enforce)), None)
+            tries = health_config.load().tries
+            merge = sysroot.get_merge_deployment(origin.STATEROOT) or booted
+            prune.drop_extra_deployments(sysroot)
+            serial = stage(sysroot, booted.get_csum(), target, merge, sr.kargs_of(merge), opts.download_only,
+                           tries, enforce)  # fmt: skip
+            sr.CACHED_UPDATE.unlink(missing_ok=True)
+            events.staging(len(progress.STAGING), target.spec)
+            return UpdateResult(Outcome.RETARGETED, target.skopeo, remote.digest, remote.version,
+                                staged=serial, tries=tries)  # fmt: skip
         if plan.outcome not in (Outcome.STAGED, Outcome.DOWNLOADED):
             if plan.cached_update is True:
                 atomic.write(sr.CACHED_UPDATE, (json.dumps(_image_status(remote)) + "\n").encode())
