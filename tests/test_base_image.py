@@ -52,6 +52,7 @@ def test_base_layout(mounted_base: Path) -> None:
     assert (kdir / "vmlinuz").stat().st_size > 5_000_000
     initrd = kdir / "initramfs.img"
     assert 5_000_000 < initrd.stat().st_size < 30_000_000  # lean: only the drivers listed in the spec
+    assert initrd.read_bytes()[:4] == b"\x28\xb5\x2f\xfd", "the initramfs is not zstd (dracut fell back)"
     assert not (kdir / "kernel/drivers/gpu").exists()
     assert list((r / "boot").iterdir()) == []
     for link, target in {
@@ -76,6 +77,12 @@ def test_base_layout(mounted_base: Path) -> None:
     assert (r / "usr/lib/python3/dist-packages/imagemode/cli.py").exists()
     assert list((r / "usr/lib/python3/dist-packages/imagemode/__pycache__").glob("cli.cpython-311.pyc"))
     assert (r / "usr/bin/imagemode").read_text().startswith("#!/usr/bin/python3")
+    for name in (
+        "bootc",
+        "grub2-editenv",
+    ):  # for the tools that call them by name (docs/bootc-differences.md)
+        assert (r / "usr/bin" / name).read_text().startswith("#!/usr/bin/python3\nfrom imagemode."), name
+    assert (r / "usr/bin/jq").exists()
 
 
 def test_lock_list_in_image(mounted_base: Path) -> None:

@@ -41,6 +41,7 @@ PACKAGES = (
     "skopeo",
     "podman",
     "jq",  # greenboot's checks and fleet agents' scripts read `bootc status --json` with it
+    "zstd",  # dracut compresses the initramfs with it (imagemode/data/base/dracut-imagemode.conf)
 )
 
 # Kernel module trees left out: hardware an edge node does not drive without firmware this image does
