@@ -125,6 +125,8 @@ UPGRADE = (
     opt("--tag", metavar="TAG", help="follow the booted image under another tag"),
     PROGRESS_FD,
 )
+UPGRADE_EXCLUSIVE = (("check", "download_only", "from_downloaded"), ("apply", "check"),
+                     ("apply", "download_only"), ("tag", "from_downloaded"))  # fmt: skip
 
 VERBS: tuple[Verb, ...] = (
     Verb(("status",), "the booted, staged and rollback deployments", STATUS_TEXT, c.status, (
@@ -133,11 +135,9 @@ VERBS: tuple[Verb, ...] = (
     ), exclusive=(("json", "format"),), device=True),
     Verb(("upgrade",), "fetch and stage the image the device follows",
          "imagemode upgrade, as bootc spells it (docs/upgrade.md).", upgrade, UPGRADE,
-         exclusive=(("check", "download_only", "from_downloaded"), ("apply", "check"),
-                    ("apply", "download_only"), ("tag", "from_downloaded")), device=True),
+         exclusive=UPGRADE_EXCLUSIVE, device=True),
     Verb(("update",), "alias of upgrade", "imagemode upgrade, as bootc spells it.", upgrade, UPGRADE,
-         exclusive=(("check", "download_only", "from_downloaded"), ("apply", "check"),
-                    ("apply", "download_only"), ("tag", "from_downloaded")), device=True),
+         exclusive=UPGRADE_EXCLUSIVE, device=True),
     Verb(("switch",), "follow another image, and stage it",
          "imagemode switch, as bootc spells it. --retain is accepted: imagemode keeps the rollback "
          "deployment's image in the store anyway.", switch, (

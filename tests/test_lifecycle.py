@@ -469,6 +469,15 @@ def test_prune_keeps_what_deployments_use(vm: VM) -> None:
         assert commit.strip() in deployed, ref
 
 
+def test_a_download_only_update_before_a_reboot(vm: VM) -> None:
+    """The agent's tag now names another image (the conflict one, FROM v1): downloaded, not applied. The
+    rollback below drops the held deployment; boot 3 finds what was fetched still in the store."""
+    conflict = f"{OPEN}/imagemode/hello:conflict"
+    vm.exec(f"podman pull --quiet {conflict} && podman tag {conflict} {AGENT_REF}")
+    r = json.loads(vm.exec("imagemode upgrade --download-only --json").stdout)
+    assert r["outcome"] == "downloaded" and r["layers_fetched"] >= 1, r  # its layer was pruned in boot 1
+
+
 def test_usr_overlay_is_writable_until_the_next_boot(vm: VM) -> None:
     assert vm.exec("touch /usr/lc-overlay", check=False).returncode != 0  # /usr is read-only
     out = vm.exec("bootc usr-overlay").stdout
@@ -501,3 +510,11 @@ def test_rolled_back_to_v1(vm: VM, images: dict[str, str]) -> None:
     assert st["status"]["usrOverlay"] is None  # boot 2's overlay was v2's, and transient
     cmdline = vm.exec("cat /proc/cmdline").stdout.split()
     assert "hello.version=1" in cmdline and QUOTED_KARG.replace('"', "") not in cmdline
+
+
+def test_what_was_downloaded_outlives_the_deployment_it_was_for(vm: VM) -> None:
+    """A prune after the reboot keeps what --download-only fetched: a switch to it fetches no layer."""
+    jsonschema.validate(status(vm), SCHEMA)
+    vm.exec("imagemode prune --quiet")
+    r = json.loads(vm.exec(f"imagemode switch --transport containers-storage {AGENT_REF} --json").stdout)
+    assert r["outcome"] == "staged" and r["layers_fetched"] == 0, r
