@@ -1,0 +1,372 @@
+"""Power cuts at every moment of an update: a soak (not a test), with a table of what every cut left.
+
+    .venv/bin/python bench/powercut.py [--trials N] [--seed S] [--phase P ...] [--json FILE]
+
+Built once: examples/microshift-edge with its workload embedded (v1), a disk of it that follows a
+docker-registry on 127.0.0.1 (the guest reaches it at 10.0.2.100:5000), and v2: v1 with a new 48 MB
+layer of random bytes, so that a pull and an import last long enough under TCG to be cut into.
+
+Each trial boots a fresh copy-on-write overlay of the v1 disk, makes a local /etc edit and writes /var
+data (then syncs), and drives an update to its phase, where QEMU is killed (`VM.kill()`: no shutdown)
+after a delay drawn from the trial's seed. Then it powers on again and checks the device:
+
+  boot      SSH answers: no grub>, no emergency shell, no panic (imagemode.vm.qemu's failure patterns)
+  status    `imagemode status --json` validates against bootc-host-v1
+  etc, var  the /etc edit and the /var data are as they were written
+  fsck      `ostree fsck` passes, and no update work directory is left after the next update
+  upgrade   `imagemode upgrade` runs to completion (staged, already staged, or no update)
+  workload  the embedded images are in podman and the workload's unit is active
+
+The phases (`--phase`, repeatable; all by default, trials spread over them in turn):
+  pull, import, etc, staging  during `imagemode upgrade`, told apart by its --progress-fd lines
+  finalize                    during `systemctl poweroff` with v2 staged (ostree-finalize-staged)
+  first-boot                  v2's first boot, between multi-user.target and the end of the verdict
+  after-verdict               v2's first boot, once imagemode-health.service has finished
+  prune                       during `imagemode prune` with v2 staged
+  rollback                    during `imagemode rollback` on v2, v1 its rollback
+
+Prints the table, and with --json writes every trial's record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import jsonschema  # noqa: E402
+
+from imagemode.vm.qemu import VM, VMError, overlay  # noqa: E402
+from imagemode.vm.registry import Registry, insecure_conf  # noqa: E402
+
+EXAMPLE = ROOT / "examples/microshift-edge"
+SCHEMA = json.loads((ROOT / "tests/data/bootc-host-v1.schema.json").read_text())
+GUEST_REGISTRY = "10.0.2.100:5000"
+V1, V2 = "localhost/imagemode/edge:powercut-1", "localhost/imagemode/edge:powercut-2"
+FOLLOWS = f"{GUEST_REGISTRY}/imagemode/edge:powercut"
+WORKLOAD = "registry.example.com/edge/workload:stable"
+EMBEDDED = (WORKLOAD, "registry.example.com/edge/sidecar:stable")
+ETC_EDIT, VAR_DATA = "/etc/powercut-edit", "/var/lib/powercut/data"
+PHASES = ("pull", "import", "etc", "staging", "finalize", "first-boot", "after-verdict", "prune", "rollback")
+CHECKS = ("boot", "status", "etc", "var", "fsck", "upgrade", "workload")
+
+
+def sh(*cmd: str, env: dict[str, str] | None = None) -> str:
+    import os
+
+    return subprocess.run(
+        cmd, check=True, capture_output=True, text=True, env={**os.environ, **(env or {})}
+    ).stdout
+
+
+def imagemode(*args: str, env: dict[str, str] | None = None) -> str:
+    return sh(str(ROOT / ".venv/bin/imagemode"), *args, env=env)
+
+
+def why(e: BaseException) -> str:
+    """An exception's last line, short: what a table cell can hold."""
+    text = str(e).strip()
+    return text.splitlines()[-1][:160] if text else type(e).__name__
+
+
+@dataclass
+class Trial:
+    n: int
+    phase: str
+    seed: int
+    hit: str = ""  # where the cut landed, as the device showed it at that moment
+    delay: float = 0.0
+    booted: str = ""  # v1, v2 or what status said
+    checks: dict[str, str] = field(default_factory=dict)  # check -> "ok" or why not
+    seconds: float = 0.0
+
+
+# ---- building the images and the disk, once ----------------------------------------------------------
+
+
+def build(work: Path, registry: Registry) -> dict[str, str]:
+    """v1 and v2 in the registry (their digests), and the disk of v1 at work/disk."""
+    conf = work / "registries.conf"
+    conf.write_text(
+        f'[[registry]]\nprefix = "registry.example.com/edge"\nlocation = "{registry.address}/edge"\n'
+        f"insecure = true\n\n{insecure_conf(registry.address)}"
+    )
+    env = {"CONTAINERS_REGISTRIES_CONF": str(conf)}
+    imagemode("build", "base")
+    local = "localhost/imagemode-powercut/edge"
+    for role in ("workload", "sidecar"):
+        sh(str(EXAMPLE / "build-workload.sh"), "1", role, f"{local}-{role}:1")
+        registry.push(f"containers-storage:{local}-{role}:1", f"edge/{role}:stable")
+    imagemode("build", "-t", V1, "--embed", str(EXAMPLE / "release-x86_64.json"),
+              "--embed", str(EXAMPLE / "manifests.d"), str(EXAMPLE), env=env)  # fmt: skip
+    ctx = work / "v2"
+    ctx.mkdir()
+    (ctx / "big").write_bytes(random.randbytes(48 << 20))  # random: no compression shrinks it
+    (ctx / "Containerfile").write_text(f"FROM {V1}\nCOPY big /usr/share/powercut/big\n"
+                                       "RUN echo v2 > /usr/share/powercut/version\n")  # fmt: skip
+    imagemode("build", "-t", V2, str(ctx))
+    (work / "config.toml").write_text('[[customizations.filesystem]]\nmountpoint = "/"\nminsize = "6 GiB"\n')
+    imagemode("disk", V1, "--target-imgref", FOLLOWS, "--config", str(work / "config.toml"),
+              "-o", str(work / "disk"))  # fmt: skip
+    digests = {}
+    for name, tag in (("v2", V2), ("v1", V1)):  # v1 last: the tag the device follows serves v1
+        registry.push(f"containers-storage:{tag}", "imagemode/edge:powercut")
+        digests[name] = registry.digest("imagemode/edge:powercut")
+    return digests
+
+
+# ---- driving an update to its phase ------------------------------------------------------------------
+
+
+def _last_event(vm: VM) -> dict[str, Any]:
+    out = vm.exec("tail -n 1 /run/powercut.jsonl 2>/dev/null", check=False).stdout.strip()
+    try:
+        event: dict[str, Any] = json.loads(out) if out else {}
+    except ValueError:  # a line half written: the next poll reads it whole
+        return {}
+    return event
+
+
+def _in_phase(phase: str, ev: dict[str, Any]) -> bool:
+    done = [s.get("completed") for s in ev.get("subtasks", [])]
+    if phase == "pull":
+        return ev.get("type") == "ProgressBytes" and 0 < ev.get("bytes", 0) < ev.get("bytesTotal", 0)
+    if phase == "import":
+        return ev.get("task") == "importing"
+    if phase == "etc":
+        return ev.get("task") == "staging" and not any(done)
+    if phase == "staging":
+        return ev.get("task") == "staging" and len(done) == 4 and done[:2] == [True, True] and not done[2]
+    return False
+
+
+def _describe(ev: dict[str, Any]) -> str:
+    if ev.get("type") == "ProgressBytes":
+        return f"pulling {ev.get('bytes', 0)}/{ev.get('bytesTotal', 0)} bytes"
+    subs = ev.get("subtasks", [])
+    done = sum(1 for s in subs if s.get("completed"))
+    return f"{ev.get('task', ev.get('type', 'nothing yet'))} {done}/{len(subs)}"
+
+
+def start_upgrade(vm: VM) -> None:
+    upgrade = "imagemode upgrade --progress-fd 3 3>/run/powercut.jsonl >/run/powercut.out 2>&1"
+    vm.exec(f"rm -f /run/powercut.jsonl /run/powercut.rc; nohup sh -c '{upgrade}; echo $? >/run/powercut.rc'"
+            " >/dev/null 2>&1 &")  # fmt: skip
+
+
+def finish_upgrade(vm: VM, timeout: float = 1800) -> None:
+    t0 = time.monotonic()
+    while vm.exec("test -e /run/powercut.rc", check=False).returncode != 0:
+        if time.monotonic() - t0 > timeout:
+            raise VMError("the upgrade did not end")
+        time.sleep(2)
+    rc = vm.exec("cat /run/powercut.rc").stdout.strip()
+    if rc != "0":
+        raise VMError(f"the upgrade failed: {vm.exec('tail -n 3 /run/powercut.out').stdout.strip()}")
+
+
+def cut_during_upgrade(vm: VM, t: Trial, rng: random.Random) -> None:
+    start_upgrade(vm)
+    t0 = time.monotonic()
+    while True:
+        ev = _last_event(vm)
+        if _in_phase(t.phase, ev):
+            break
+        if vm.exec("test -e /run/powercut.rc", check=False).returncode == 0 or time.monotonic() - t0 > 1800:
+            t.hit = f"missed: the upgrade ended at {_describe(ev)}"
+            vm.kill()
+            return
+        time.sleep(0.2)
+    t.delay = round(rng.uniform(0, {"pull": 2.0, "import": 4.0}.get(t.phase, 0.5)), 2)
+    time.sleep(t.delay)
+    t.hit = _describe(_last_event(vm))
+    vm.kill()
+
+
+def cut_on_console(
+    vm: VM, t: Trial, rng: random.Random, pattern: str, spread: float, after: str = ""
+) -> None:
+    """Kill a delay after a console line matching `pattern` (the boot or the shutdown is under way)."""
+    vm.wait_console(pattern, timeout=900)
+    t.delay = round(rng.uniform(0, spread), 2)
+    time.sleep(t.delay)
+    verdict = (
+        "imagemode-health" in vm.console and "Finished" in vm.console.split("imagemode-health")[-1][:200]
+    )
+    t.hit = f"{pattern} +{t.delay}s" + (f" ({after})" if after and verdict else "")
+    vm.kill()
+
+
+def staged_v2(vm: VM) -> None:
+    start_upgrade(vm)
+    finish_upgrade(vm)
+
+
+def drive(vm: VM, t: Trial, rng: random.Random) -> None:
+    """Power on v1, prepare, and cut at the trial's phase."""
+    vm.start().wait_ssh(900)
+    vm.exec(f"mkdir -p /etc/containers/registries.conf.d && cat > /etc/containers/registries.conf.d/"
+            f"50-powercut.conf <<'EOF'\n{insecure_conf(GUEST_REGISTRY)}EOF")  # fmt: skip
+    data = f"mkdir -p {Path(VAR_DATA).parent}; head -c 1048576 /dev/urandom > {VAR_DATA}"
+    md5 = f"md5sum {VAR_DATA} > /var/lib/powercut/md5"
+    vm.exec(f"echo 'edited before trial {t.n}' > {ETC_EDIT}; {data}; {md5}; sync")
+    vm.exec("systemctl is-system-running --wait", check=False, timeout=900)  # the boot's verdict is in
+    if t.phase in ("pull", "import", "etc", "staging"):
+        cut_during_upgrade(vm, t, rng)
+        return
+    staged_v2(vm)
+    if t.phase == "prune":
+        vm.exec("nohup imagemode prune >/dev/null 2>&1 &")
+        t.delay = round(rng.uniform(0, 4), 2)
+        time.sleep(t.delay)
+        t.hit = f"prune +{t.delay}s"
+        vm.kill()
+        return
+    vm.exec("systemctl poweroff", check=False)
+    if t.phase == "finalize":
+        cut_on_console(vm, t, rng, r"Stopping .*ostree-finalize", 3.0)
+        return
+    vm.wait_down(300)
+    vm.start()
+    if t.phase == "first-boot":
+        cut_on_console(vm, t, rng, r"Reached target .*multi-user", 4.0, after="the verdict was in")
+        return
+    if t.phase == "after-verdict":
+        cut_on_console(vm, t, rng, r"Finished .*imagemode-health", 5.0)
+        return
+    vm.wait_ssh(900)  # rollback: on v2, with v1 as its rollback
+    vm.exec("systemctl is-system-running --wait", check=False, timeout=900)
+    vm.exec("nohup imagemode rollback >/dev/null 2>&1 &")
+    t.delay = round(rng.uniform(0, 1.5), 2)
+    time.sleep(t.delay)
+    t.hit = f"rollback +{t.delay}s"
+    vm.kill()
+
+
+# ---- what the device must be after a cut -------------------------------------------------------------
+
+
+def check(vm: VM, t: Trial, digests: dict[str, str]) -> None:
+    def run(name: str, fn: Callable[[], str]) -> None:
+        try:
+            t.checks[name] = fn()
+        except Exception as e:  # a check that fails says why, and the others still run
+            t.checks[name] = (
+                f"FAILED: {str(e).strip().splitlines()[-1][:160] if str(e).strip() else type(e).__name__}"
+            )
+
+    def boot() -> str:
+        vm.start().wait_ssh(900)
+        vm.exec("systemctl is-system-running --wait", check=False, timeout=900)
+        return "ok"
+
+    run("boot", boot)
+    if t.checks["boot"] != "ok":
+        return
+
+    def status() -> str:
+        st = json.loads(vm.exec("imagemode status --json").stdout)
+        jsonschema.validate(st, SCHEMA)
+        digest = st["status"]["booted"]["image"]["imageDigest"]
+        t.booted = next((k for k, v in digests.items() if v == digest), digest[:19])
+        return "ok"
+
+    def etc() -> str:
+        got = vm.exec(f"cat {ETC_EDIT}").stdout
+        assert got == f"edited before trial {t.n}\n", got
+        return "ok"
+
+    def var() -> str:
+        vm.exec("md5sum -c --quiet /var/lib/powercut/md5")
+        return "ok"
+
+    def fsck() -> str:
+        vm.exec("ostree fsck --repo=/sysroot/ostree/repo --quiet", timeout=1800)
+        return "ok"
+
+    def upgrade() -> str:
+        out = vm.exec("imagemode upgrade --json", timeout=1800).stdout
+        outcome = json.loads(out)["outcome"]
+        left = vm.exec("ls /sysroot/ostree/imagemode | grep -c '^update-' || true").stdout.strip()
+        assert left == "0", f"{left} update work directories left behind"
+        return f"ok ({outcome})"
+
+    def workload() -> str:
+        for ref in EMBEDDED:
+            vm.exec(f"podman image exists {ref}")
+        vm.exec("systemctl is-active --quiet edge-workload")
+        return "ok"
+
+    for name, fn in (("status", status), ("etc", etc), ("var", var), ("fsck", fsck), ("upgrade", upgrade),
+                     ("workload", workload)):  # fmt: skip
+        run(name, fn)
+
+
+# ---- the soak ----------------------------------------------------------------------------------------
+
+
+def table(trials: list[Trial]) -> str:
+    head = ["#", "phase", "cut at", "booted", *CHECKS]
+    rows = [
+        [str(t.n), t.phase, t.hit, t.booted or "-", *(t.checks.get(c, "-") for c in CHECKS)] for t in trials
+    ]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [head, *rows])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--trials", type=int, default=len(PHASES))
+    ap.add_argument("--seed", type=int, default=int(time.time()))
+    ap.add_argument("--phase", action="append", choices=PHASES, help="only these phases (repeatable)")
+    ap.add_argument("--json", metavar="FILE", help="write every trial's record here")
+    args = ap.parse_args()
+    phases = args.phase or list(PHASES)
+    print(f"seed {args.seed}", flush=True)
+    trials: list[Trial] = []
+    with tempfile.TemporaryDirectory(prefix="powercut-", dir="/var/tmp") as tmp, Registry() as registry:
+        work = Path(tmp)
+        digests = build(work, registry)
+        for n in range(1, args.trials + 1):
+            t = Trial(n, phases[(n - 1) % len(phases)], args.seed + n)
+            rng = random.Random(t.seed)
+            started = time.monotonic()
+            d = work / f"trial-{n}"
+            d.mkdir()
+            vm = VM(overlay(work / "disk/disk.qcow2", d / "overlay.qcow2"), serial_log=d / "serial.log",
+                    guestfwds=[("10.0.2.100", 5000, registry.port)])  # fmt: skip
+            vm.ssh_key = work / "disk/id_ed25519"
+            try:
+                drive(vm, t, rng)
+            except Exception as e:  # the trial could not reach its cut: say so, and check what is there
+                t.hit = f"not reached: {why(e)}"
+                vm.kill()
+            check(vm, t, digests)
+            vm.close()
+            t.seconds = round(time.monotonic() - started, 1)
+            trials.append(t)
+            print(f"trial {n}/{args.trials}: {t.phase}, cut at {t.hit}, booted {t.booted or '-'}, "
+                  f"{sum(v.startswith('ok') for v in t.checks.values())}/{len(CHECKS)} checks, {t.seconds}s",
+                  flush=True)  # fmt: skip
+    print(table(trials))
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"seed": args.seed, "trials": [t.__dict__ for t in trials]}, indent=2)
+        )
+    bad = [t for t in trials if any(not v.startswith("ok") for v in t.checks.values())]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
