@@ -44,3 +44,51 @@ def test_only_missing_layers_are_downloaded(registry: Registry, tmp_path: Path) 
 def test_missing_image_is_named(registry: Registry) -> None:
     with pytest.raises(fetch.FetchError, match="image not found"):
         fetch.inspect(parse(f"docker://{registry.address}/imagemode/absent:1"), tls_verify=False)
+
+
+def test_an_image_podman_pulled_imports_from_containers_storage(registry: Registry, tmp_path: Path) -> None:
+    """What a fleet agent does: `podman pull`, then switch to it in containers-storage. podman keeps the
+    registry's manifest (gzip layers) over uncompressed layers, which skopeo cannot copy with the same
+    digests; the import matches the copy by its config and records the digest podman knows."""
+    import json
+    import subprocess
+
+    from imagemode.store import importer
+    from imagemode.store.ostree import Repo
+
+    tree = tmp_path / "tree"
+    (tree / "usr/share/pulled").mkdir(parents=True)
+    (tree / "usr/share/pulled/file").write_text("pulled\n")
+    subprocess.run(["tar", "-C", str(tree), "-cf", str(tmp_path / "t.tar"), "."], check=True)
+    local, pulled = "localhost/imagemode/pulled:src", f"{registry.address}/imagemode/pulled:1"
+    subprocess.run(
+        ["podman", "import", "-q", str(tmp_path / "t.tar"), local], check=True, capture_output=True
+    )
+    try:
+        registry.push(f"containers-storage:{local}", "imagemode/pulled:1")
+        subprocess.run(
+            ["podman", "pull", "-q", "--tls-verify=false", pulled], check=True, capture_output=True
+        )
+        src = parse(pulled, "containers-storage")
+        remote = fetch.inspect(src)
+        assert remote.repacked and remote.digest == registry.digest("imagemode/pulled:1")
+        repo = Repo(tmp_path / "repo").ensure()
+        work = tmp_path / "work"
+        work.mkdir()
+        res = importer.import_image(repo, src, work)
+        assert (res.layers_total, res.layers_imported, res.manifest_digest) == (1, 1, remote.digest)
+        assert repo.metadata(res.commit, "imagemode.manifest-digest") == remote.digest
+        again = importer.import_image(repo, src, work)  # the same image: nothing imported again
+        assert (again.commit, again.layers_imported) == (res.commit, 0)
+        # What was built here names its layers uncompressed, and copies with its digests (placeholders
+        # for the cached layers and all).
+        assert not fetch.inspect(parse(BASE_TAG, "containers-storage")).repacked
+        shown = subprocess.run(
+            ["podman", "image", "inspect", pulled], capture_output=True, text=True, check=True
+        )
+        assert (
+            f"{registry.address}/imagemode/pulled@{remote.digest}"
+            in json.loads(shown.stdout)[0]["RepoDigests"]
+        )
+    finally:
+        subprocess.run(["podman", "rmi", "-f", local, pulled], capture_output=True)

@@ -105,6 +105,16 @@ class Remote(Image):
     tls_verify: bool = True  # False only for a plain-HTTP registry given by the caller (tests)
     signed_bundle: bool = False  # an archive whose signatures imagemode checked (imagemode.oci.archive)
 
+    @property
+    def repacked(self) -> bool:
+        """An image that podman pulled: containers-storage keeps the registry's manifest, which names
+        compressed layers, over layers it stores uncompressed. skopeo cannot copy it with the same
+        digests; it compresses every layer afresh, into a manifest of the copy's own. (An image podman
+        built names its layers uncompressed, and copies as it is.)"""
+        return self.ref.transport is Transport.CONTAINERS_STORAGE and any(
+            str(d.get("mediaType", "")).endswith(("gzip", "zstd")) for d in self.manifest["layers"]
+        )
+
 
 def inspect(
     ref: ImageRef, authfile: Path | None = None, tls_verify: bool = True, trust: Trust | None = None
@@ -323,8 +333,10 @@ def fetch(
     layout = Path(tempfile.mkdtemp(prefix="oci-", dir=work))
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     (layout / "index.json").write_text('{"schemaVersion": 2, "manifests": []}')
+    # A repacked image (Remote.repacked) is copied without its digests: placeholders, whose names
+    # would not match the copy's, are left out, and the importer matches it by its config.
     for desc, diff_id in zip(descs, remote.diff_ids, strict=True):
-        if have_layer(diff_id):
+        if have_layer(diff_id) and not remote.repacked:
             blob = blob_path(layout, desc["digest"])
             blob.parent.mkdir(parents=True, exist_ok=True)
             with open(blob, "wb") as f:
@@ -357,7 +369,7 @@ def fetch(
         storage.copy(
             remote.source,
             ImageRef(Transport.OCI, path=os.fspath(layout), tag="image"),
-            preserve_digests=True,
+            preserve_digests=not remote.repacked,
             src_tls_verify=remote.tls_verify,
             src_authfile=authfile,
             watchdog=watch,

@@ -133,8 +133,10 @@ def import_oci(
     on_layer: Callable[[int, int, bool], None] | None = None,
     *,
     check_bootable: bool = False,
+    digest: str | None = None,
 ) -> ImportResult:
-    """Import an image already in an OCI layout. `image` is the reference recorded in the commit.
+    """Import an image already in an OCI layout. `image` is the reference recorded in the commit, and
+    `digest` the manifest digest (default: the layout's; a copy out of containers-storage has its own).
 
     check_bootable: refuse a tree without exactly one kernel before it is committed (the device's
     check; `imagemode build` and `disk` run the whole lint on the image itself).
@@ -148,22 +150,31 @@ def import_oci(
                 made.append(layer_ref(diff_id))
             if on_layer:
                 on_layer(i + 1, len(descs), new)
-        commit, ref, version = _compose(repo, img, image, check_bootable)
+        commit, ref, version = _compose(repo, img, image, check_bootable, digest or img.digest)
     except BaseException:
         for r in made:
             repo.delete_ref(r)
         raise
     return ImportResult(
-        commit, ref, image, img.digest, version, len(descs), len(made), diff_ids=tuple(img.diff_ids)
+        commit,
+        ref,
+        image,
+        digest or img.digest,
+        version,
+        len(descs),
+        len(made),
+        diff_ids=tuple(img.diff_ids),
     )
 
 
-def _compose(repo: Repo, img: OciImage, image: str, check_bootable: bool) -> tuple[str, str, str]:
+def _compose(
+    repo: Repo, img: OciImage, image: str, check_bootable: bool, digest: str
+) -> tuple[str, str, str]:
     """The image's tree from its layer commits, committed: (commit, ref, version)."""
     version = img.labels.get("org.opencontainers.image.version", "")
     keys = {
         meta.IMAGE: image,
-        meta.DIGEST: img.digest,
+        meta.DIGEST: digest,
         meta.MANIFEST: json.dumps(img.manifest, sort_keys=True),
         meta.CONFIG: json.dumps(img.config, sort_keys=True),
     }
@@ -182,7 +193,7 @@ def _compose(repo: Repo, img: OciImage, image: str, check_bootable: bool) -> tup
                     f"{image} is not bootable: {found}; a bootable image carries exactly one"
                 )
         tree.ostree_layout()
-        subject = f"{image}@{img.digest}"
+        subject = f"{image}@{digest}"
         commit = tree.commit(ref, subject, keys, _epoch(img.config.get("created", "")))
     return commit, ref, version
 
@@ -226,10 +237,15 @@ def import_image(
     )
     try:
         img = read_layout(got.layout, "image")
-        if img.digest != remote.digest:
+        # A repacked copy has a manifest of its own (fetch.Remote.repacked): the same image is the same
+        # config, and it is recorded under the digest podman knows it by.
+        repacked = remote.repacked
+        copied, read = (img.config_digest, remote.config_digest) if repacked else (img.digest, remote.digest)
+        if copied != read:
+            what = "config" if repacked else "manifest"
             raise ImageImportError(
-                f"{src.skopeo}: the manifest copied is {img.digest}, not the {remote.digest}"
-                " that was read (it changed meanwhile); nothing was imported"
+                f"{src.skopeo}: the {what} copied is {copied}, not the {read} that was read (it changed"
+                " meanwhile); nothing was imported"
             )
         ref = ref_for(src)
         commit = repo.resolve(ref)
@@ -239,7 +255,9 @@ def import_image(
             return ImportResult(
                 commit, ref, src.skopeo, remote.digest, version, n, 0, diff_ids=tuple(remote.diff_ids)
             )
-        result = import_oci(repo, img, src.skopeo, work, on_layer, check_bootable=check_bootable)
+        result = import_oci(
+            repo, img, src.skopeo, work, on_layer, check_bootable=check_bootable, digest=remote.digest
+        )
         return replace(result, bytes_fetched=got.bytes_fetched)
     finally:
         shutil.rmtree(got.layout, ignore_errors=True)
