@@ -370,6 +370,8 @@ def fetch(
             remote.source,
             ImageRef(Transport.OCI, path=os.fspath(layout), tag="image"),
             preserve_digests=not remote.repacked,
+            # A repacked copy is compressed only to be unpacked by the importer next: the fastest gzip.
+            compress_level=1 if remote.repacked else None,
             src_tls_verify=remote.tls_verify,
             src_authfile=authfile,
             watchdog=watch,
