@@ -31,12 +31,12 @@ def unsupported(verb: str) -> str:
     return f"bootc (imagemode): {verb!r} is not supported; see {DOC}"
 
 
-def _as_imagemode(args: argparse.Namespace, **fixed: Any) -> argparse.Namespace:
+def _as_imagemode(args: argparse.Namespace) -> argparse.Namespace:
     """bootc's options, with the imagemode options bootc lacks at their defaults (no --json: bootc
     prints text for upgrade, switch and rollback)."""
-    for k, v in {"json": False, "quiet": False, **fixed}.items():
+    for k in ("json", "quiet"):
         if not hasattr(args, k):
-            setattr(args, k, v)
+            setattr(args, k, False)
     return args
 
 
