@@ -179,5 +179,9 @@ def hello_images(base_image: dict[str, str]) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def device_disk(hello_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("device-disk")
-    imagemode("disk", HELLO_V1, "--target-imgref", DEVICE_TARGET, "-o", str(out))
-    return out / "disk.qcow2"
+    # Room for what a fleet agent does besides imagemode (the lifecycle story): podman pulls the next
+    # OS image into /var first, and the switch copies it out of there. The qcow2 stays sparse.
+    config = out / "config.toml"
+    config.write_text('[[customizations.filesystem]]\nmountpoint = "/"\nminsize = "4 GiB"\n')
+    imagemode("disk", HELLO_V1, "--target-imgref", DEVICE_TARGET, "--config", str(config), "-o", str(out / "d"))
+    return out / "d/disk.qcow2"
