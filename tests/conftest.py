@@ -183,5 +183,7 @@ def device_disk(hello_images: dict[str, str], tmp_path_factory: pytest.TempPathF
     # OS image into /var first, and the switch copies it out of there. The qcow2 stays sparse.
     config = out / "config.toml"
     config.write_text('[[customizations.filesystem]]\nmountpoint = "/"\nminsize = "4 GiB"\n')
-    imagemode("disk", HELLO_V1, "--target-imgref", DEVICE_TARGET, "--config", str(config), "-o", str(out / "d"))
+    imagemode(
+        "disk", HELLO_V1, "--target-imgref", DEVICE_TARGET, "--config", str(config), "-o", str(out / "d")
+    )
     return out / "d/disk.qcow2"
