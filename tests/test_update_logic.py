@@ -178,3 +178,16 @@ def test_sysroot_lock_is_waited_for_then_refused_in_one_line(
     with pytest.raises(ImagemodeError, match=refused), sysroot.locked(wait=1):
         raise AssertionError("the body ran without the lock")
     assert 2 <= never.tries <= 4
+
+
+def test_the_work_of_an_update_that_died_is_removed_by_the_next(tmp_path: Path) -> None:
+    """A power cut mid-import left its layout under /sysroot/ostree/imagemode (bench/powercut.py)."""
+    from imagemode.host.update import clear_stale_work
+
+    (tmp_path / "update-abc123/oci-x/blobs").mkdir(parents=True)
+    (tmp_path / "update-abc123/oci-x/blobs/layer").write_bytes(b"x" * 4096)
+    (tmp_path / "prune-pending").write_text("")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "update-link").symlink_to(tmp_path / "elsewhere")  # a link is never followed out
+    assert clear_stale_work(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "prune-pending", "update-link"]
