@@ -383,15 +383,17 @@ def find(words: Sequence[str]) -> Verb | None:
 
 
 def _unknown(t: Table, words: list[str]) -> NoReturn:
+    """The words name no verb of the table: a group without its verb, a verb the table refuses by name
+    (bootc's), or a usage error."""
+    group = words[0] in t.groups
+    subs = ", ".join(v.path[1] for v in t.verbs if v.path[0] == words[0] and len(v.path) > 1)
+    if group and len(words) == 1:
+        usage_error(f"{t.prog} {words[0]}", f"a verb is required (one of: {subs})")
     if t.unsupported is not None and not words[0].startswith("-"):
-        verb = " ".join(words[:2]) if words[0] in t.groups and len(words) > 1 else words[0]
-        sys.stderr.write(t.unsupported(verb) + "\n")
+        sys.stderr.write(t.unsupported(" ".join(words[:2]) if group else words[0]) + "\n")
         raise SystemExit(EXIT_USAGE)
-    if words[0] in t.groups:
-        rest = words[1:]
-        subs = ", ".join(v.path[1] for v in t.verbs if v.path[0] == words[0] and len(v.path) > 1)
-        what = f"unknown verb {rest[0]!r}" if rest else "a verb is required"
-        usage_error(f"{t.prog} {words[0]}", f"{what} (one of: {subs})")
+    if group:
+        usage_error(f"{t.prog} {words[0]}", f"unknown verb {words[1]!r} (one of: {subs})")
     if words[0].startswith("-"):
         usage_error(t.prog, f"unrecognized arguments: {words[0]}")
     usage_error(t.prog, f"unknown verb {words[0]!r}")
@@ -414,9 +416,6 @@ def dispatch(argv: Sequence[str], table: Table | None = None) -> tuple[Verb, arg
         if words[0] in t.groups and words[1:2] in (["-h"], ["--help"]):
             sys.stdout.write(group_help(words[0], t))
             raise SystemExit(0)
-        if words[0] in t.groups and len(words) == 1:
-            subs = ", ".join(v.path[1] for v in t.verbs if v.path[0] == words[0] and len(v.path) > 1)
-            usage_error(f"{t.prog} {words[0]}", f"a verb is required (one of: {subs})")
         _unknown(t, words)
     p = parser(verb, t.prog)
     args = p.parse_args(words[len(verb.path) :])
