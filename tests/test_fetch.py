@@ -54,13 +54,14 @@ def test_an_image_podman_pulled_imports_from_containers_storage(registry: Regist
     import subprocess
 
     from imagemode.store import importer
-    from imagemode.store.ostree import Repo
+    from imagemode.store.ostree import CommitReader, Repo
 
     tree = tmp_path / "tree"
     (tree / "usr/share/pulled").mkdir(parents=True)
     (tree / "usr/share/pulled/file").write_text("pulled\n")
     subprocess.run(["tar", "-C", str(tree), "-cf", str(tmp_path / "t.tar"), "."], check=True)
     local, pulled = "localhost/imagemode/pulled:src", f"{registry.address}/imagemode/pulled:1"
+    child_local, child = "localhost/imagemode/pulled:child", f"{registry.address}/imagemode/pulled:2"
     subprocess.run(
         ["podman", "import", "-q", str(tmp_path / "t.tar"), local], check=True, capture_output=True
     )
@@ -80,6 +81,33 @@ def test_an_image_podman_pulled_imports_from_containers_storage(registry: Regist
         assert repo.metadata(res.commit, "imagemode.manifest-digest") == remote.digest
         again = importer.import_image(repo, src, work)  # the same image: nothing imported again
         assert (again.commit, again.layers_imported) == (res.commit, 0)
+        # A pulled child: its cached layer is a placeholder the copy reuses (named by its diff_id, as
+        # containers-storage names it), so only the new layer is read out of storage and compressed.
+        ctx = tmp_path / "child"  # the imported tree has no shell to RUN: a COPY makes the layer
+        ctx.mkdir()
+        (ctx / "child").write_text("child\n")
+        (ctx / "Containerfile").write_text(f"FROM {local}\nCOPY child /usr/share/pulled/child\n")
+        subprocess.run(
+            ["podman", "build", "-q", "-t", child_local, str(ctx)], check=True, capture_output=True
+        )
+        registry.push(f"containers-storage:{child_local}", "imagemode/pulled:2")
+        subprocess.run(
+            ["podman", "pull", "-q", "--tls-verify=false", child], check=True, capture_output=True
+        )
+        child_remote = fetch.inspect(parse(child, "containers-storage"))
+        assert child_remote.repacked and child_remote.diff_ids[0] == remote.diff_ids[0]
+        got = fetch.fetch(child_remote, lambda d: d == remote.diff_ids[0], work)
+        placeholder = got.layout / "blobs/sha256" / remote.diff_ids[0].split(":")[1]
+        assert got.layers_fetched == 1 and placeholder.stat().st_blocks == 0
+        copied = read_layout(got.layout, "image").manifest["layers"]
+        assert copied[0]["digest"] == remote.diff_ids[0] and copied[0]["size"] == placeholder.stat().st_size
+        grown = importer.import_image(repo, parse(child, "containers-storage"), work)
+        assert (grown.layers_total, grown.layers_imported, grown.manifest_digest) == (
+            2,
+            1,
+            child_remote.digest,
+        )
+        assert CommitReader(repo, grown.commit).read_bytes("usr/share/pulled/child") == b"child\n"
         # What was built here names its layers uncompressed, and copies with its digests (placeholders
         # for the cached layers and all).
         assert not fetch.inspect(parse(BASE_TAG, "containers-storage")).repacked
@@ -91,4 +119,4 @@ def test_an_image_podman_pulled_imports_from_containers_storage(registry: Regist
             in json.loads(shown.stdout)[0]["RepoDigests"]
         )
     finally:
-        subprocess.run(["podman", "rmi", "-f", local, pulled], capture_output=True)
+        subprocess.run(["podman", "rmi", "-f", child, child_local, local, pulled], capture_output=True)

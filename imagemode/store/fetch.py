@@ -333,11 +333,12 @@ def fetch(
     layout = Path(tempfile.mkdtemp(prefix="oci-", dir=work))
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     (layout / "index.json").write_text('{"schemaVersion": 2, "manifests": []}')
-    # A repacked image (Remote.repacked) is copied without its digests: placeholders, whose names
-    # would not match the copy's, are left out, and the importer matches it by its config.
+    # A placeholder stands for each cached layer, and skopeo reuses a blob by its name. A repacked
+    # image (Remote.repacked) is copied as containers-storage holds it, uncompressed, so there a
+    # layer's name is its diff_id: without these, every layer of the OS is read and compressed again.
     for desc, diff_id in zip(descs, remote.diff_ids, strict=True):
-        if have_layer(diff_id) and not remote.repacked:
-            blob = blob_path(layout, desc["digest"])
+        if have_layer(diff_id):
+            blob = blob_path(layout, diff_id if remote.repacked else desc["digest"])
             blob.parent.mkdir(parents=True, exist_ok=True)
             with open(blob, "wb") as f:
                 f.truncate(int(desc["size"]))
