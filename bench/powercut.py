@@ -96,7 +96,7 @@ class Trial:
 
 
 def build(work: Path, registry: Registry) -> dict[str, str]:
-    """v1 and v2 in the registry (their digests), and the disk of v1 at work/disk."""
+    """v2 in the registry, the disk of v1 at work/disk, and their digests (digest -> "v1", "v2")."""
     conf = work / "registries.conf"
     conf.write_text(
         f'[[registry]]\nprefix = "registry.example.com/edge"\nlocation = "{registry.address}/edge"\n'
@@ -110,18 +110,31 @@ def build(work: Path, registry: Registry) -> dict[str, str]:
         registry.push(f"containers-storage:{local}-{role}:1", f"edge/{role}:stable")
     imagemode("build", "-t", V1, "--embed", str(EXAMPLE / "release-x86_64.json"),
               "--embed", str(EXAMPLE / "manifests.d"), str(EXAMPLE), env=env)  # fmt: skip
-    ctx = work / "v2"
-    ctx.mkdir()
-    (ctx / "big").write_bytes(random.randbytes(48 << 20))  # random: no compression shrinks it
-    (ctx / "Containerfile").write_text(f"FROM {V1}\nCOPY big /usr/share/powercut/big\n"
-                                       "RUN echo v2 > /usr/share/powercut/version\n")  # fmt: skip
-    imagemode("build", "-t", V2, str(ctx))
+    grown(V1, V2, work / "v2")
     (work / "config.toml").write_text('[[customizations.filesystem]]\nmountpoint = "/"\nminsize = "6 GiB"\n')
     imagemode("disk", V1, "--target-imgref", FOLLOWS, "--config", str(work / "config.toml"),
               "-o", str(work / "disk"))  # fmt: skip
     # The disk was made from local v1; the tag it follows serves v2, so every trial has an update.
     registry.push(f"containers-storage:{V2}", "imagemode/edge:powercut")
-    return {"v2": registry.digest("imagemode/edge:powercut")}
+    return {sh("podman", "image", "inspect", "--format", "{{.Digest}}", V1).strip(): "v1",
+            registry.digest("imagemode/edge:powercut"): "v2"}  # fmt: skip
+
+
+def grown(base: str, tag: str, ctx: Path) -> None:
+    """`tag`: `base` with a new 48 MB layer of random bytes (no compression shrinks it), so that its
+    pull and its import last long enough under TCG to be cut into."""
+    ctx.mkdir()
+    (ctx / "big").write_bytes(random.randbytes(48 << 20))
+    (ctx / "Containerfile").write_text(f"FROM {base}\nCOPY big /usr/share/powercut/big\n")
+    sh("podman", "build", "-q", "-t", tag, str(ctx))
+    (ctx / "big").unlink()
+
+
+def prepare(vm: VM, n: int) -> None:
+    """A local /etc edit and 1 MiB of /var data, on disk before the cut (check() reads both back)."""
+    data = f"mkdir -p {Path(VAR_DATA).parent}; head -c 1048576 /dev/urandom > {VAR_DATA}"
+    md5 = f"md5sum {VAR_DATA} > /var/lib/powercut/md5"
+    vm.exec(f"echo 'edited before trial {n}' > {ETC_EDIT}; {data}; {md5}; sync")
 
 
 # ---- driving an update to its phase ------------------------------------------------------------------
@@ -140,8 +153,8 @@ def _in_phase(phase: str, ev: dict[str, Any]) -> bool:
     done = [s.get("completed") for s in ev.get("subtasks", [])]
     if phase == "pull":
         return ev.get("type") == "ProgressBytes" and 0 < ev.get("bytes", 0) < ev.get("bytesTotal", 0)
-    if phase == "import":
-        return ev.get("task") == "importing"
+    if phase == "import":  # a layer still to commit: the last event, every layer done, is too late
+        return ev.get("task") == "importing" and not all(done)
     if phase == "etc":
         return ev.get("task") == "staging" and not any(done)
     if phase == "staging":
@@ -174,7 +187,8 @@ def finish_upgrade(vm: VM, timeout: float = 1800) -> None:
         raise VMError(f"the upgrade failed: {vm.exec('tail -n 3 /run/powercut.out').stdout.strip()}")
 
 
-def cut_during_upgrade(vm: VM, t: Trial, rng: random.Random) -> None:
+def cut_during_upgrade(vm: VM, t: Trial, rng: random.Random, spread: float | None = None) -> None:
+    """Kill a delay (up to `spread` seconds, by default the phase's own) into the phase."""
     start_upgrade(vm)
     t0 = time.monotonic()
     while True:
@@ -186,7 +200,9 @@ def cut_during_upgrade(vm: VM, t: Trial, rng: random.Random) -> None:
             vm.kill()
             return
         time.sleep(0.2)
-    t.delay = round(rng.uniform(0, {"pull": 2.0, "import": 4.0}.get(t.phase, 0.5)), 2)
+    if spread is None:
+        spread = {"pull": 2.0, "import": 4.0}.get(t.phase, 0.5)
+    t.delay = round(rng.uniform(0, spread), 2)
     time.sleep(t.delay)
     t.hit = _describe(_last_event(vm))
     vm.kill()
@@ -216,9 +232,7 @@ def drive(vm: VM, t: Trial, rng: random.Random) -> None:
     vm.start().wait_ssh(900)
     vm.exec(f"mkdir -p /etc/containers/registries.conf.d && cat > /etc/containers/registries.conf.d/"
             f"50-powercut.conf <<'EOF'\n{insecure_conf(GUEST_REGISTRY)}EOF")  # fmt: skip
-    data = f"mkdir -p {Path(VAR_DATA).parent}; head -c 1048576 /dev/urandom > {VAR_DATA}"
-    md5 = f"md5sum {VAR_DATA} > /var/lib/powercut/md5"
-    vm.exec(f"echo 'edited before trial {t.n}' > {ETC_EDIT}; {data}; {md5}; sync")
+    prepare(vm, t.n)
     vm.exec("systemctl is-system-running --wait", check=False, timeout=900)  # the boot's verdict is in
     if t.phase in ("pull", "import", "etc", "staging"):
         cut_during_upgrade(vm, t, rng)
@@ -231,7 +245,8 @@ def drive(vm: VM, t: Trial, rng: random.Random) -> None:
         t.hit = f"prune +{t.delay}s"
         vm.kill()
         return
-    vm.exec("systemctl poweroff", check=False)
+    # --no-block: the cut is timed from the console, not from when SSH lets go.
+    vm.exec("systemctl --no-block poweroff")
     if t.phase == "finalize":
         cut_on_console(vm, t, rng, r"Stopping .*ostree-finalize", 3.0)
         return
@@ -255,14 +270,15 @@ def drive(vm: VM, t: Trial, rng: random.Random) -> None:
 # ---- what the device must be after a cut -------------------------------------------------------------
 
 
-def check(vm: VM, t: Trial, digests: dict[str, str]) -> None:
+def check(vm: VM, t: Trial, images: dict[str, str]) -> None:
+    """Power on after the cut and check every promise into `t.checks`; `images`: digest -> the name
+    `t.booted` gets."""
+
     def run(name: str, fn: Callable[[], str]) -> None:
         try:
             t.checks[name] = fn()
         except Exception as e:  # a check that fails says why, and the others still run
-            t.checks[name] = (
-                f"FAILED: {str(e).strip().splitlines()[-1][:160] if str(e).strip() else type(e).__name__}"
-            )
+            t.checks[name] = f"FAILED: {why(e)}"
 
     def boot() -> str:
         vm.start().wait_ssh(900)
@@ -276,10 +292,8 @@ def check(vm: VM, t: Trial, digests: dict[str, str]) -> None:
     def status() -> str:
         st = json.loads(vm.exec("imagemode status --json").stdout)
         jsonschema.validate(st, SCHEMA)
-        # v2 is the registry's digest; v1 the disk's own image, which carries no version file.
         digest = st["status"]["booted"]["image"]["imageDigest"]
-        marker = vm.exec("cat /usr/share/powercut/version 2>/dev/null || echo v1").stdout.strip()
-        t.booted = "v2" if digest == digests["v2"] else marker
+        t.booted = images.get(digest, f"unknown {digest}")
         return "ok"
 
     def etc() -> str:
@@ -337,7 +351,7 @@ def main() -> int:
     trials: list[Trial] = []
     with tempfile.TemporaryDirectory(prefix="powercut-", dir="/var/tmp") as tmp, Registry() as registry:
         work = Path(tmp)
-        digests = build(work, registry)
+        images = build(work, registry)
         for n in range(1, args.trials + 1):
             t = Trial(n, phases[(n - 1) % len(phases)], args.seed + n)
             rng = random.Random(t.seed)
@@ -352,7 +366,7 @@ def main() -> int:
             except Exception as e:  # the trial could not reach its cut: say so, and check what is there
                 t.hit = f"not reached: {why(e)}"
                 vm.kill()
-            check(vm, t, digests)
+            check(vm, t, images)
             vm.close()
             t.seconds = round(time.monotonic() - started, 1)
             trials.append(t)

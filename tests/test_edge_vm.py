@@ -5,33 +5,42 @@ A guest without a network has no SSH. A test agent in the image (tests/data/edge
 console once the boot's health verdict is in, and runs the next step script from a disk labelled
 EDGESTEPS: the way a technician's USB stick would drive the node. One VM, in file order:
 
-1. No network: the workload serves, and every embedded image is in podman with its listed digest.
-   QEMU is killed while the workload runs (a power cut).
-2. No network, the steps disk attached: after the power cut the images and the workload are back. Step
-   1 switches to an archive whose bound image cannot be pulled (nothing is staged), then to the archive
-   of v2, whose embedded workload is version 2, and powers off.
+1. No network, the steps disk attached: the workload serves, and every embedded image is in podman with
+   its listed digest. Step 0 edits /etc, writes /var, and switches to v2's archive; QEMU is killed in
+   the middle of its layer import, while the workload runs (a power cut: one of the suite's fixed
+   moments of bench/powercut.py).
+2. No network: after the power cut, v1 with nothing staged, the /etc edit and the /var data kept, a
+   store that passes `ostree fsck`, and the images and the workload back. Step 1 switches to an archive
+   whose bound image cannot be pulled (nothing is staged), then to the archive of v2, whose embedded
+   workload is version 2 (the update completes, and the dead run's work directory is gone), and powers
+   off.
 3. No network: v2's workload serves. Step 2 rolls back and powers off.
 4. With a network (a registry on 127.0.0.1 through guestfwd): v1's workload serves again. Bound images
    over the registry: an unreachable one fails the switch with nothing staged; a reachable one is pulled
-   before staging; once no deployment names it, prune removes it.
+   before staging; once no deployment names it, prune removes it. Then v2 is staged from the registry,
+   and QEMU is killed while ostree-finalize-staged writes it at shutdown (another fixed moment).
+5. The boot after that cut: v1 or v2, whole, by bench/powercut.py's checks.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonschema
 import pytest
 
+from bench import powercut
 from imagemode.vm.qemu import VM, overlay
 from imagemode.vm.registry import Registry, insecure_conf
-from tests.conftest import GUEST_REGISTRY, ROOT, imagemode
+from tests.conftest import GUEST_REGISTRY, ROOT, digest_of, imagemode
 
 pytestmark = [pytest.mark.vm, pytest.mark.incremental]
-POWER_ONS = 4  # QEMU starts (tests/conftest.py)
+POWER_ONS = 5  # QEMU starts (tests/conftest.py)
 
 EXAMPLE = ROOT / "examples/microshift-edge"
 AGENT = ROOT / "tests/data/edge"
@@ -41,7 +50,29 @@ GUEST = {n: f"{GUEST_REGISTRY}/imagemode/edge:{n}" for n in TEST}
 MISSING, TOOL = "registry.example.com/edge/missing:1", "registry.example.com/edge/tool:1"
 EMBEDDED = ("registry.example.com/edge/workload:stable", "registry.example.com/edge/sidecar:stable")
 DONE = r"EDGE: report done"
+SCHEMA = json.loads((ROOT / "tests/data/bootc-host-v1.schema.json").read_text())
 
+# A power cut in the middle of an update, while the workload runs: /etc and /var are written and synced,
+# a switch to v2's archive starts, and once some of its layers are committed and some not (v2 has a
+# 48 MB layer of its own, bench/powercut.grown), the host pulls the plug on that line.
+STEP_0 = """\
+echo 'edited before the cut' > /etc/edge-edit
+head -c 1048576 /dev/urandom > /var/lib/edge-agent/data
+md5sum /var/lib/edge-agent/data > /var/lib/edge-agent/data.md5
+touch /var/lib/edge-agent/cut
+sync
+imagemode switch --transport oci-archive /run/edge-steps/edge-v2.tar --progress-fd 3 \\
+    3>/run/edge-progress.jsonl >/dev/null 2>&1 &
+switch=$!
+last() { grep '"task":"importing"' /run/edge-progress.jsonl 2>/dev/null | tail -n 1; }
+until last | grep '"completed":true' | grep -q '"completed":false'; do
+    kill -0 $switch 2>/dev/null || { echo "cut missed: the switch ended first"; exit 1; }
+    sleep 0.2
+done
+n() { last | grep -o "$1" | wc -l; }
+echo "cut now: $(n '"completed":true') of $(n '"completed"') layers in"
+sleep 900
+"""
 STEP_1 = """\
 imagemode switch --transport oci-archive /run/edge-steps/edge-bad.tar >/tmp/bad.out 2>/tmp/bad.err
 echo "bad rc=$?"
@@ -51,6 +82,7 @@ echo "after-bad staged=$(imagemode status --json | staged)"
 imagemode switch --transport oci-archive /run/edge-steps/edge-v2.tar --json >/tmp/v2.out 2>/tmp/v2.err
 echo "v2 rc=$?"
 echo "v2 outcome=$(python3 -c 'import json; print(json.load(open("/tmp/v2.out"))["outcome"])')"
+echo "work=$(ls /sysroot/ostree/imagemode | grep -c '^update-')"
 systemctl poweroff
 """
 STEP_2 = """\
@@ -100,8 +132,10 @@ def edge(
     for name, (base, bound) in variants.items():
         imagemode("build", "-t", TEST[name], "--build-arg", f"EDGE={base}", "--build-arg", f"BOUND={bound}",
                   str(AGENT))  # fmt: skip
-    for name in ("v1", "bad", "v3"):
+    powercut.grown(TEST["v2"], TEST["v2"], d / "grown")  # an import long enough to cut into
+    for name in ("v1", "v2", "bad", "v3"):
         registry.push(f"containers-storage:{TEST[name]}", f"imagemode/edge:{name}")
+    digests["v1"], digests["v2"] = digest_of(TEST["v1"]), registry.digest("imagemode/edge:v2")
     return digests
 
 
@@ -117,6 +151,7 @@ def steps_disk(edge: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
         )
         assert out["embedded"] == list(EMBEDDED), out
         assert out["bound"] == ([MISSING] if name == "bad" else []), out
+    (content / "step-0.sh").write_text(STEP_0)
     (content / "step-1.sh").write_text(STEP_1)
     (content / "step-2.sh").write_text(STEP_2)
     size = sum(p.stat().st_size for p in content.iterdir()) + (64 << 20)
@@ -182,24 +217,34 @@ def assert_serving(r: dict[str, str], version: int, edge: dict[str, str]) -> Non
     assert f"digest={edge[f'workload-{version}']}" in lines[0], (lines[0], edge)
 
 
-def test_runs_with_no_network_at_all(vm: VM, edge: dict[str, str]) -> None:
-    r = boot(vm, network=False)
+def test_runs_with_no_network_at_all_and_loses_power_mid_import(
+    vm: VM, edge: dict[str, str], steps_disk: Path
+) -> None:
+    r = boot(vm, network=False, disks=(steps_disk,))
     assert r["netdevs"].split() == ["lo"], r
     assert_serving(r, 1, edge)
-    vm.kill()  # a power cut while the workload runs
+    line = vm.wait_console(r"EDGE: \| cut (now|missed)", timeout=1200)
+    vm.kill()  # a power cut in the layer import, while the workload runs
+    assert "cut now" in line, line
 
 
 def test_power_loss_then_offline_update_with_bound_image_refused(
     vm: VM, edge: dict[str, str], steps_disk: Path
 ) -> None:
     r = boot(vm, network=False, disks=(steps_disk,))
+    # What the cut left: the old image, nothing staged, the edits, a store that passes fsck.
     assert_serving(r, 1, edge)
+    assert (r["etc"], r["var"], r["fsck"]) == ("edited before the cut", "kept", "ok"), r
+    st = json.loads(r["status"])
+    jsonschema.validate(st, SCHEMA)
+    assert st["status"]["booted"]["image"]["imageDigest"] == edge["v1"] and st["status"]["staged"] is None
     vm.wait_down(900)
     r = report(vm)
     assert r["bad rc"] != "0" and f"bound image {MISSING}" in r["bad err"], r
     assert "nothing was staged" in r["bad err"], r
     assert r["after-bad staged"] == "None", r
-    assert r["v2 rc"] == "0" and r["v2 outcome"] == "staged", r
+    assert r["v2 rc"] == "0" and r["v2 outcome"] == "staged", r  # the update completes after the cut
+    assert r["work"] == "0", r  # and the dead run's work directory is gone
 
 
 def test_offline_update_runs_the_new_workload_then_rolls_back(
@@ -236,3 +281,16 @@ def test_bound_images_are_pulled_before_staging_and_collected(vm: VM) -> None:
     pruned = json.loads(vm.exec("imagemode prune --json").stdout)
     assert pruned["bound_images_removed"] == [TOOL], pruned
     assert vm.exec(f"podman image exists {TOOL}", check=False).returncode != 0
+
+
+def test_power_cut_mid_finalization_boots_the_old_image_or_the_new(vm: VM, edge: dict[str, str]) -> None:
+    """A cut while ostree-finalize-staged writes the staged v2 at shutdown (bench/powercut.py's
+    checks): the next boot is v1 or v2, whole, and an upgrade runs to completion."""
+    powercut.prepare(vm, 2)
+    staged = json.loads(vm.exec(f"imagemode switch {GUEST['v2']} --json").stdout)
+    assert staged["outcome"] == "staged", staged
+    vm.exec("systemctl --no-block poweroff")
+    t = powercut.Trial(2, "finalize", 0)
+    powercut.cut_on_console(vm, t, random.Random(0), r"Stopping .*ostree-finalize", 0.0)
+    powercut.check(vm, t, {edge["v1"]: "v1", edge["v2"]: "v2"})
+    assert t.booted in ("v1", "v2") and all(v.startswith("ok") for v in t.checks.values()), t

@@ -14,14 +14,17 @@ One VM on an overlay of the shared v1 disk, in file order:
    kernel (init=/bin/false): its one boot panics and reboots (panic=10); the next power-on is v1 again.
    (One try proves the fallback as well as three, for two power-ons less.)
 3. Switch to a healthy v2 with failing wanted checks (one that fails, one that hangs, one not
-   executable, one that prints binary garbage, one not a program, and a unit): it stays, its tries are
-   cleared, and a power cut afterwards does not roll it back.
+   executable, one that prints binary garbage, one not a program, and a unit). Its first boot loses
+   power once its checks have started, before their verdict: one try spent. It boots again, stays, its
+   tries are cleared, and a power cut afterwards does not roll it back.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,12 +32,13 @@ from typing import Any
 import jsonschema
 import pytest
 
+from bench import powercut
 from imagemode.vm.qemu import VM, overlay
 from imagemode.vm.registry import Registry, insecure_conf
 from tests.conftest import GUEST_REGISTRY, HELLO_V1, HELLO_V2, imagemode
 
 pytestmark = [pytest.mark.vm, pytest.mark.incremental]
-POWER_ONS = 7  # QEMU starts (tests/conftest.py)
+POWER_ONS = 8  # QEMU starts (tests/conftest.py)
 
 SCHEMA = json.loads((Path(__file__).resolve().parent / "data/bootc-host-v1.schema.json").read_text())
 BAD, PANIC, GOOD = (f"localhost/imagemode/hello:health-{n}" for n in ("bad", "panic", "good"))
@@ -239,9 +243,18 @@ def test_kernel_panic_falls_back_after_its_tries(vm: VM, images: dict[str, str])
 # ---- 3: a healthy v2 ---------------------------------------------------------------------------------
 
 
-def test_healthy_v2_stays_and_wanted_failures_only_warn(vm: VM, images: dict[str, str]) -> None:
+def test_power_cut_before_the_first_verdict_spends_one_try(vm: VM, images: dict[str, str]) -> None:
+    """A fixed moment of bench/powercut.py: v2's first boot loses power once its checks have started,
+    before their verdict. That was one of its three tries, and the next boot is v2 again."""
     switch(vm, GOOD)
     vm.poweroff()
+    vm.start()
+    t = powercut.Trial(3, "first-boot", 0)
+    powercut.cut_on_console(vm, t, random.Random(0), r"Starting .*imagemode-health", 0.0)
+    assert not re.search(r"Finished .*imagemode-health", vm.console), vm.console[-2000:]
+
+
+def test_healthy_v2_stays_and_wanted_failures_only_warn(vm: VM, images: dict[str, str]) -> None:
     vm.start().wait_ssh(900)
     st = settled(vm)
     booted = st["status"]["booted"]

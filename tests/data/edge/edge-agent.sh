@@ -10,6 +10,13 @@ say "page=$page"
 say "active=$(systemctl is-active edge-workload)"
 say "netdevs=$(ls /sys/class/net | tr '\n' ' ')"
 say "booted=$(imagemode status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["booted"]["image"]["imageDigest"])')"
+if [ -e /var/lib/edge-agent/cut ]; then  # the boot after a power cut (step-0.sh): what survived it
+    rm -f /var/lib/edge-agent/cut
+    say "etc=$(cat /etc/edge-edit)"
+    say "var=$(md5sum -c --quiet /var/lib/edge-agent/data.md5 >/dev/null 2>&1 && echo kept || echo lost)"
+    say "fsck=$(ostree fsck --repo=/sysroot/ostree/repo --quiet >/dev/null 2>&1 && echo ok || echo failed)"
+    say "status=$(imagemode status --json | tr -d '\n')"
+fi
 python3 - <<'PY'
 import json, subprocess
 for e in json.load(open("/usr/lib/imagemode/embedded.json"))["images"]:
@@ -28,7 +35,7 @@ if [ -e /dev/disk/by-label/EDGESTEPS ]; then
         touch "/var/lib/edge-agent/$name"
         sync
         say "step $name"
-        sh "$step" 2>&1 | sed 's/^/EDGE: | /'
+        sh "$step" 2>&1 | sed -u 's/^/EDGE: | /'  # -u: a line the host acts on is not held back
         break
     done
 fi
