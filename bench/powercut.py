@@ -20,7 +20,7 @@ after a delay drawn from the trial's seed. Then it powers on again and checks th
 The phases (`--phase`, repeatable; all by default, trials spread over them in turn):
   pull, import, etc, staging  during `imagemode upgrade`, told apart by its --progress-fd lines
   finalize                    during `systemctl poweroff` with v2 staged (ostree-finalize-staged)
-  first-boot                  v2's first boot, between multi-user.target and the end of the verdict
+  first-boot                  v2's first boot, up to 3 s after imagemode-health.service starts its checks
   after-verdict               v2's first boot, once imagemode-health.service has finished
   prune                       during `imagemode prune` with v2 staged
   rollback                    during `imagemode rollback` on v2, v1 its rollback
@@ -208,17 +208,31 @@ def cut_during_upgrade(vm: VM, t: Trial, rng: random.Random, spread: float | Non
     vm.kill()
 
 
-def cut_on_console(
-    vm: VM, t: Trial, rng: random.Random, pattern: str, spread: float, after: str = ""
-) -> None:
-    """Kill a delay after a console line matching `pattern` (the boot or the shutdown is under way)."""
+def cut_on_console(vm: VM, t: Trial, rng: random.Random, pattern: str, spread: float) -> None:
+    """Kill a delay after a console line matching `pattern` (the boot or the shutdown is under way).
+    Only lines systemd prints before the serial login prompt will do: once getty owns the console,
+    PID 1 prints no more status lines there (no "Finished imagemode-health" ever shows)."""
     vm.wait_console(pattern, timeout=900)
     t.delay = round(rng.uniform(0, spread), 2)
     time.sleep(t.delay)
-    verdict = (
-        "imagemode-health" in vm.console and "Finished" in vm.console.split("imagemode-health")[-1][:200]
-    )
-    t.hit = f"{pattern} +{t.delay}s" + (f" ({after})" if after and verdict else "")
+    t.hit = f"{pattern} +{t.delay}s"
+    vm.kill()
+
+
+def cut_after_verdict(vm: VM, t: Trial, rng: random.Random, spread: float) -> None:
+    """Kill a delay after imagemode-health.service has ended (RemainAfterExit: active, or failed)."""
+    vm.wait_ssh(900)
+    t0 = time.monotonic()
+    while (state := vm.exec("systemctl is-active imagemode-health", check=False).stdout.strip()) not in (
+        "active",
+        "failed",
+    ):
+        if time.monotonic() - t0 > 900:
+            raise VMError(f"imagemode-health.service still {state} after 900s")
+        time.sleep(0.5)
+    t.delay = round(rng.uniform(0, spread), 2)
+    time.sleep(t.delay)
+    t.hit = f"verdict {state} +{t.delay}s"
     vm.kill()
 
 
@@ -252,11 +266,11 @@ def drive(vm: VM, t: Trial, rng: random.Random) -> None:
         return
     vm.wait_down(300)
     vm.start()
-    if t.phase == "first-boot":
-        cut_on_console(vm, t, rng, r"Reached target .*multi-user", 4.0, after="the verdict was in")
+    if t.phase == "first-boot":  # the checks run: the required one waits for the workload
+        cut_on_console(vm, t, rng, r"Starting .*imagemode-health", 3.0)
         return
     if t.phase == "after-verdict":
-        cut_on_console(vm, t, rng, r"Finished .*imagemode-health", 5.0)
+        cut_after_verdict(vm, t, rng, 5.0)
         return
     vm.wait_ssh(900)  # rollback: on v2, with v1 as its rollback
     vm.exec("systemctl is-system-running --wait", check=False, timeout=900)
@@ -343,6 +357,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=len(PHASES))
     ap.add_argument("--seed", type=int, default=int(time.time()))
+    resumed = "number the trials from N (a soak resumed: trial N has the same seed and phase)"
+    ap.add_argument("--first", type=int, default=1, metavar="N", help=resumed)
     ap.add_argument("--phase", action="append", choices=PHASES, help="only these phases (repeatable)")
     ap.add_argument("--json", metavar="FILE", help="write every trial's record here")
     args = ap.parse_args()
@@ -352,7 +368,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="powercut-", dir="/var/tmp") as tmp, Registry() as registry:
         work = Path(tmp)
         images = build(work, registry)
-        for n in range(1, args.trials + 1):
+        for n in range(args.first, args.first + args.trials):
             t = Trial(n, phases[(n - 1) % len(phases)], args.seed + n)
             rng = random.Random(t.seed)
             started = time.monotonic()
@@ -370,14 +386,15 @@ def main() -> int:
             vm.close()
             t.seconds = round(time.monotonic() - started, 1)
             trials.append(t)
-            print(f"trial {n}/{args.trials}: {t.phase}, cut at {t.hit}, booted {t.booted or '-'}, "
+            if args.json:  # after every trial: a soak stopped halfway keeps what it saw
+                Path(args.json).write_text(
+                    json.dumps({"seed": args.seed, "trials": [t.__dict__ for t in trials]}, indent=2)
+                )
+            last = args.first + args.trials - 1
+            print(f"trial {n}/{last}: {t.phase}, cut at {t.hit}, booted {t.booted or '-'}, "
                   f"{sum(v.startswith('ok') for v in t.checks.values())}/{len(CHECKS)} checks, {t.seconds}s",
                   flush=True)  # fmt: skip
     print(table(trials))
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps({"seed": args.seed, "trials": [t.__dict__ for t in trials]}, indent=2)
-        )
     bad = [t for t in trials if any(not v.startswith("ok") for v in t.checks.values())]
     return 1 if bad else 0
 
