@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -243,18 +242,18 @@ def test_kernel_panic_falls_back_after_its_tries(vm: VM, images: dict[str, str])
 # ---- 3: a healthy v2 ---------------------------------------------------------------------------------
 
 
-def test_power_cut_before_the_first_verdict_spends_one_try(vm: VM, images: dict[str, str]) -> None:
-    """A fixed moment of bench/powercut.py: v2's first boot loses power once its checks have started,
-    before their verdict. That was one of its three tries, and the next boot is v2 again."""
+def test_healthy_v2_survives_a_cut_before_its_verdict_and_wanted_failures_only_warn(
+    vm: VM, images: dict[str, str]
+) -> None:
+    """A fixed moment of bench/powercut.py first: v2's first boot loses power as its checks start,
+    before their verdict (its hanging wanted check alone takes CHECK_TIMEOUT, and the console is read
+    every second). That was one of its three tries: the next boot is v2 again, and its verdict, a
+    counted one, clears the tries."""
     switch(vm, GOOD)
     vm.poweroff()
     vm.start()
-    t = powercut.Trial(3, "first-boot", 0)
-    powercut.cut_on_console(vm, t, random.Random(0), r"Starting .*imagemode-health", 0.0)
-    assert not re.search(r"Finished .*imagemode-health", vm.console), vm.console[-2000:]
-
-
-def test_healthy_v2_stays_and_wanted_failures_only_warn(vm: VM, images: dict[str, str]) -> None:
+    powercut.cut_on_console(vm, powercut.Trial(3, "first-boot", 0), random.Random(0),
+                            r"Starting .*imagemode-health", 0.0)  # fmt: skip
     vm.start().wait_ssh(900)
     st = settled(vm)
     booted = st["status"]["booted"]
@@ -264,7 +263,7 @@ def test_healthy_v2_stays_and_wanted_failures_only_warn(vm: VM, images: dict[str
         "20-disk.sh", "30-hang.sh", "40-noexec", "45-garbage.sh", "50-not-a-program",
         "health-test-wanted.service",
     ]  # fmt: skip
-    assert grubenv(vm) == {}  # tries cleared after the first healthy boot
+    assert grubenv(vm) == {}  # tries cleared by the healthy (second) boot
     assert vm.exec("cat /var/lib/health-test/green.log").stdout == "green\n"
     journal = vm.exec("journalctl -b -u imagemode-health -p warning --no-pager -o cat").stdout
     assert "wanted 20-disk.sh: warned (exit 1): disk 91% full" in journal, journal
