@@ -31,6 +31,7 @@ Prints the table, and with --json writes every trial's record.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import random
 import subprocess
@@ -140,15 +141,6 @@ def prepare(vm: VM, n: int) -> None:
 # ---- driving an update to its phase ------------------------------------------------------------------
 
 
-def _last_event(vm: VM) -> dict[str, Any]:
-    out = vm.exec("tail -n 1 /run/powercut.jsonl 2>/dev/null", check=False).stdout.strip()
-    try:
-        event: dict[str, Any] = json.loads(out) if out else {}
-    except ValueError:  # a line half written: the next poll reads it whole
-        return {}
-    return event
-
-
 def _in_phase(phase: str, ev: dict[str, Any]) -> bool:
     done = [s.get("completed") for s in ev.get("subtasks", [])]
     if phase == "pull":
@@ -187,25 +179,43 @@ def finish_upgrade(vm: VM, timeout: float = 1800) -> None:
         raise VMError(f"the upgrade failed: {vm.exec('tail -n 3 /run/powercut.out').stdout.strip()}")
 
 
+# Runs in the guest, so that a phase of a second or less is not missed between two SSH round trips:
+# it polls the progress lines every 50 ms, waits the trial's delay once the phase is reached, and
+# prints the event of that moment (or ENDED, when the upgrade ended first). The host kills on return.
+WATCH = """\
+import json, os, time
+from typing import Any
+{in_phase}
+def last():
+    try:
+        line = open("/run/powercut.jsonl").read().splitlines()[-1]
+        return json.loads(line)
+    except (OSError, IndexError, ValueError):  # nothing yet, or a line half written
+        return {{}}
+while not _in_phase({phase!r}, last()):
+    if os.path.exists("/run/powercut.rc"):
+        print("ENDED", json.dumps(last()))
+        raise SystemExit(0)
+    time.sleep(0.05)
+time.sleep({delay})
+print(json.dumps(last()))
+"""
+
+
 def cut_during_upgrade(vm: VM, t: Trial, rng: random.Random, spread: float | None = None) -> None:
     """Kill a delay (up to `spread` seconds, by default the phase's own) into the phase."""
-    start_upgrade(vm)
-    t0 = time.monotonic()
-    while True:
-        ev = _last_event(vm)
-        if _in_phase(t.phase, ev):
-            break
-        if vm.exec("test -e /run/powercut.rc", check=False).returncode == 0 or time.monotonic() - t0 > 1800:
-            t.hit = f"missed: the upgrade ended at {_describe(ev)}"
-            vm.kill()
-            return
-        time.sleep(0.2)
     if spread is None:
         spread = {"pull": 2.0, "import": 4.0}.get(t.phase, 0.5)
     t.delay = round(rng.uniform(0, spread), 2)
-    time.sleep(t.delay)
-    t.hit = _describe(_last_event(vm))
+    start_upgrade(vm)
+    script = WATCH.format(in_phase=inspect.getsource(_in_phase), phase=t.phase, delay=t.delay)
+    out = vm.exec(f"python3 - <<'PY'\n{script}PY", timeout=1800).stdout.strip()
     vm.kill()
+    event = json.loads(out.removeprefix("ENDED "))
+    missed = out.startswith("ENDED")
+    t.hit = (
+        f"missed: the upgrade ended at {_describe(event)}" if missed else f"{_describe(event)} (+{t.delay}s)"
+    )
 
 
 def cut_on_console(vm: VM, t: Trial, rng: random.Random, pattern: str, spread: float) -> None:
