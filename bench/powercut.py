@@ -349,7 +349,8 @@ def check(vm: VM, t: Trial, images: dict[str, str]) -> None:
         return "ok"
 
     def upgrade() -> str:
-        configure(vm)
+        if not t.prepared:  # drive() configures before it prepares
+            configure(vm)
         out = vm.exec("imagemode upgrade --json", timeout=1800).stdout
         outcome = json.loads(out)["outcome"]
         left = vm.exec("ls /sysroot/ostree/imagemode | grep -c '^update-' || true").stdout.strip()
