@@ -161,6 +161,11 @@ def _in_phase(phase: str, ev: dict[str, Any]) -> bool:
     return False
 
 
+# Read now, not when a trial runs: inspect reads the file again, and a file edited since would give
+# other lines.
+IN_PHASE = inspect.getsource(_in_phase)
+
+
 def _describe(ev: dict[str, Any]) -> str:
     if ev.get("type") == "ProgressBytes":
         return f"pulling {ev.get('bytes', 0)}/{ev.get('bytesTotal', 0)} bytes"
@@ -215,7 +220,7 @@ def cut_during_upgrade(vm: VM, t: Trial, rng: random.Random, spread: float | Non
         spread = {"pull": 2.0, "import": 4.0}.get(t.phase, 0.5)
     t.delay = round(rng.uniform(0, spread), 2)
     start_upgrade(vm)
-    script = WATCH.format(in_phase=inspect.getsource(_in_phase), phase=t.phase, delay=t.delay)
+    script = WATCH.format(in_phase=IN_PHASE, phase=t.phase, delay=t.delay)
     out = vm.exec(f"python3 - <<'PY'\n{script}PY", timeout=1800).stdout.strip()
     vm.kill()
     event = json.loads(out.removeprefix("ENDED "))
