@@ -1,10 +1,12 @@
 """Power cuts at every moment of an update: a soak (not a test), with a table of what every cut left.
 
-    .venv/bin/python bench/powercut.py [--trials N] [--seed S] [--phase P ...] [--json FILE]
+    .venv/bin/python bench/powercut.py [--trials N] [--first N] [--seed S] [--phase P ...]
+                                       [--layer-mb MB] [--json FILE]
 
 Built once: examples/microshift-edge with its workload embedded (v1), a disk of it that follows a
-docker-registry on 127.0.0.1 (the guest reaches it at 10.0.2.100:5000), and v2: v1 with a new 48 MB
-layer of random bytes, so that a pull and an import last long enough under TCG to be cut into.
+docker-registry on 127.0.0.1 (the guest reaches it at 10.0.2.100:5000), and v2: v1 with a new layer
+of random bytes (48 MB unless --layer-mb says), so that a pull and an import last long enough under
+TCG to be cut into. The pull of 48 MB is over in about a second; the pull trials take a bigger one.
 
 Each trial boots a fresh copy-on-write overlay of the v1 disk, makes a local /etc edit and writes /var
 data (then syncs), and drives an update to its phase, where QEMU is killed (`VM.kill()`: no shutdown)
@@ -97,8 +99,9 @@ class Trial:
 # ---- building the images and the disk, once ----------------------------------------------------------
 
 
-def build(work: Path, registry: Registry) -> dict[str, str]:
-    """v2 in the registry, the disk of v1 at work/disk, and their digests (digest -> "v1", "v2")."""
+def build(work: Path, registry: Registry, mib: int = 48) -> dict[str, str]:
+    """v2 (v1 and `mib` MB more) in the registry, the disk of v1 at work/disk, and their digests
+    (digest -> "v1", "v2")."""
     conf = work / "registries.conf"
     conf.write_text(
         f'[[registry]]\nprefix = "registry.example.com/edge"\nlocation = "{registry.address}/edge"\n'
@@ -112,7 +115,7 @@ def build(work: Path, registry: Registry) -> dict[str, str]:
         registry.push(f"containers-storage:{local}-{role}:1", f"edge/{role}:stable")
     imagemode("build", "-t", V1, "--embed", str(EXAMPLE / "release-x86_64.json"),
               "--embed", str(EXAMPLE / "manifests.d"), str(EXAMPLE), env=env)  # fmt: skip
-    grown(V1, V2, work / "v2")
+    grown(V1, V2, work / "v2", mib)
     (work / "config.toml").write_text('[[customizations.filesystem]]\nmountpoint = "/"\nminsize = "6 GiB"\n')
     imagemode("disk", V1, "--target-imgref", FOLLOWS, "--config", str(work / "config.toml"),
               "-o", str(work / "disk"))  # fmt: skip
@@ -122,11 +125,11 @@ def build(work: Path, registry: Registry) -> dict[str, str]:
             registry.digest("imagemode/edge:powercut"): "v2"}  # fmt: skip
 
 
-def grown(base: str, tag: str, ctx: Path) -> None:
-    """`tag`: `base` with a new 48 MB layer of random bytes (no compression shrinks it), so that its
-    pull and its import last long enough under TCG to be cut into."""
+def grown(base: str, tag: str, ctx: Path, mib: int = 48) -> None:
+    """`tag`: `base` with a new layer of `mib` MB of random bytes (no compression shrinks it), so that
+    its pull and its import last long enough under TCG to be cut into."""
     ctx.mkdir()
-    (ctx / "big").write_bytes(random.randbytes(48 << 20))
+    (ctx / "big").write_bytes(random.randbytes(mib << 20))
     (ctx / "Containerfile").write_text(f"FROM {base}\nCOPY big /usr/share/powercut/big\n")
     sh("podman", "build", "-q", "-t", tag, str(ctx))
     (ctx / "big").unlink()
@@ -397,13 +400,15 @@ def main() -> int:
     ap.add_argument("--first", type=int, default=1, metavar="N", help=resumed)
     ap.add_argument("--phase", action="append", choices=PHASES, help="only these phases (repeatable)")
     ap.add_argument("--json", metavar="FILE", help="write every trial's record here")
+    grow = "v2's new layer, in MB (default 48): the pull of 48 MB over guestfwd is over in about a second"
+    ap.add_argument("--layer-mb", type=int, default=48, metavar="MB", help=grow)
     args = ap.parse_args()
     phases = args.phase or list(PHASES)
     print(f"seed {args.seed}", flush=True)
     trials: list[Trial] = []
     with tempfile.TemporaryDirectory(prefix="powercut-", dir="/var/tmp") as tmp, Registry() as registry:
         work = Path(tmp)
-        images = build(work, registry)
+        images = build(work, registry, args.layer_mb)
         for n in range(args.first, args.first + args.trials):
             t = Trial(n, phases[(n - 1) % len(phases)], args.seed + n)
             rng = random.Random(t.seed)

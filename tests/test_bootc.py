@@ -122,7 +122,7 @@ def test_progress_lines_validate_against_progress_v0() -> None:
         ev.start()
         ev.step(0, "docker://quay.io/x/os:2")
         ev.layers({"sha256:" + "a" * 64: 100, "sha256:" + "b" * 64: 50})
-        ev.bytes({"sha256:" + "a" * 64: 40}, force=True)
+        ev.bytes({}, 40, force=True)  # 40 bytes into a blob that has no digest yet
         ev.bytes({"sha256:" + "a" * 64: 100, "sha256:" + "b" * 64: 50}, force=True)
         ev.importing(1, 2)
         ev.importing(2, 2)
@@ -135,6 +135,8 @@ def test_progress_lines_validate_against_progress_v0() -> None:
     for line in lines:
         jsonschema.validate(line, PROGRESS)
     assert [x["type"] for x in lines[:3]] == ["Start", "ProgressSteps", "ProgressBytes"]
+    writing = lines[2]
+    assert (writing["bytes"], writing["steps"], [s["bytes"] for s in writing["subtasks"]]) == (40, 0, [0, 0])
     assert lines[3]["bytes"] == lines[3]["bytesTotal"] == 150 and lines[3]["steps"] == 2
     assert [x["task"] for x in lines[1:]] == ["pulling"] * 3 + ["importing"] * 2 + ["staging"] * 5
     assert all(s["completed"] for s in lines[-1]["subtasks"])  # progress-v0 has no end event

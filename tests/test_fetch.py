@@ -28,9 +28,10 @@ def test_only_missing_layers_are_downloaded(registry: Registry, tmp_path: Path) 
     remote = fetch.inspect(parse(f"docker://{registry.address}/imagemode/debian:12"), tls_verify=False)
     os_layer, top_layer = remote.manifest["layers"]
     seen: list[tuple[int, int]] = []
-    got = fetch.fetch(
-        remote, lambda d: d == remote.diff_ids[0], tmp_path, on_bytes=lambda a, b, t: seen.append((a, b))
-    )
+    layers: list[tuple[dict[str, int], int]] = []
+    got = fetch.fetch(remote, lambda d: d == remote.diff_ids[0], tmp_path,
+                      on_bytes=lambda a, b, t: seen.append((a, b)),
+                      on_layers=lambda per, in_flight: layers.append((per, in_flight)))  # fmt: skip
     assert got.layers_fetched == 1
     assert got.bytes_fetched == top_layer["size"] + remote.manifest["config"]["size"]
     blob = got.layout / "blobs/sha256"
@@ -39,6 +40,10 @@ def test_only_missing_layers_are_downloaded(registry: Registry, tmp_path: Path) 
     assert (blob / top_layer["digest"].split(":")[1]).stat().st_size == top_layer["size"]
     assert read_layout(got.layout, "image").digest == remote.digest
     assert seen[-1] == (top_layer["size"], top_layer["size"])
+    # skopeo named every blob it wrote: nothing is left in flight, and the layer is whole.
+    per, in_flight = layers[-1]
+    assert in_flight == 0 and list(per) == [top_layer["digest"]]
+    assert per[top_layer["digest"]] >= top_layer["size"]
 
 
 def test_missing_image_is_named(registry: Registry) -> None:

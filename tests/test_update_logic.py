@@ -191,3 +191,17 @@ def test_the_work_of_an_update_that_died_is_removed_by_the_next(tmp_path: Path) 
     (tmp_path / "update-link").symlink_to(tmp_path / "elsewhere")  # a link is never followed out
     assert clear_stale_work(tmp_path) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "prune-pending", "update-link"]
+
+
+def test_bytes_still_in_flight_count_before_their_layer_is_named(tmp_path: Path) -> None:
+    """skopeo writes a blob into a temporary file at the layout's top and names it by its digest when
+    it is whole: a one-layer update would otherwise read 0 bytes until its very end."""
+    from imagemode.store.fetch import _blob_bytes
+
+    whole, writing = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    (tmp_path / "blobs/sha256").mkdir(parents=True)
+    (tmp_path / "blobs/sha256" / ("a" * 64)).write_bytes(b"x" * 8192)
+    (tmp_path / "oci-layout").write_text("{}")
+    (tmp_path / "index.json").write_text("{}")
+    (tmp_path / "oci-put-blob123").write_bytes(b"y" * 16384)
+    assert _blob_bytes(tmp_path, [whole, writing]) == ({whole: 8192, writing: 0}, 16384)

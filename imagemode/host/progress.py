@@ -74,13 +74,15 @@ class Events:
         """The layers the pull fetches: digest -> compressed size."""
         self._layers = dict(sizes)
 
-    def bytes(self, per_layer: Mapping[str, int], force: bool = False) -> None:
-        """Bytes written so far, per layer digest; at most every BYTES_EVERY seconds unless `force`."""
+    def bytes(self, per_layer: Mapping[str, int], in_flight: int = 0, force: bool = False) -> None:
+        """Bytes written so far, per layer digest, and `in_flight` into layers not yet whole (counted in
+        the total alone); at most every BYTES_EVERY seconds unless `force`."""
         now = time.monotonic()
         if not force and now - self._last < BYTES_EVERY:
             return
         self._last = now
         got = {d: min(per_layer.get(d, 0), size) for d, size in self._layers.items()}
+        total = sum(self._layers.values())
         subtasks = [
             {"subtask": "layer", "description": "Layer", "id": d, "bytesCached": 0, "bytes": got[d],
              "bytesTotal": size}
@@ -88,8 +90,8 @@ class Events:
         ]  # fmt: skip
         self._emit({
             "type": "ProgressBytes", "task": "pulling", "description": f"pulling {self._image}",
-            "id": self._image, "bytesCached": 0, "bytes": sum(got.values()),
-            "bytesTotal": sum(self._layers.values()), "stepsCached": 0,
+            "id": self._image, "bytesCached": 0, "bytes": min(sum(got.values()) + in_flight, total),
+            "bytesTotal": total, "stepsCached": 0,
             "steps": sum(1 for d, size in self._layers.items() if got[d] >= size),
             "stepsTotal": len(subtasks), "subtasks": subtasks,
         })  # fmt: skip

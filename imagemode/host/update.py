@@ -153,12 +153,13 @@ def _pulling(events: progress.Events, remote: fetch.Remote) -> fetch.OnLayers:
     sizes = {str(d["digest"]): int(d["size"]) for d in remote.manifest["layers"]}
     named = False
 
-    def heard(per_layer: dict[str, int]) -> None:
+    def heard(per_layer: dict[str, int], in_flight: int) -> None:
         nonlocal named
         if not named:  # the first call names the layers the pull fetches
             events.layers({d: sizes.get(d, 0) for d in per_layer})
             named = True
-        events.bytes(per_layer, force=all(n >= sizes.get(d, 0) for d, n in per_layer.items()))
+        whole = all(n >= sizes.get(d, 0) for d, n in per_layer.items())
+        events.bytes(per_layer, in_flight, force=whole)
 
     return heard
 

@@ -33,7 +33,7 @@ from imagemode.run import RunError, disk_watchdog
 
 # (bytes so far, bytes in all, seconds since the start), about once a second.
 OnBytes = Callable[[int, int, float], None]
-OnLayers = Callable[[dict[str, int]], None]  # layer digest -> bytes so far
+OnLayers = Callable[[dict[str, int], int], None]  # (layer digest -> bytes of it whole, bytes in flight)
 
 # What skopeo prints, and what it means to someone at a device.
 _CAUSES = (
@@ -196,15 +196,25 @@ def _allocated(layout: Path) -> int:
     return total
 
 
-def _blob_bytes(layout: Path, digests: list[str]) -> dict[str, int]:
-    """Bytes written so far into each blob that skopeo has named (it names a blob when it is whole)."""
+def _blob_bytes(layout: Path, digests: list[str]) -> tuple[dict[str, int], int]:
+    """Bytes written so far into each blob that skopeo has named (it names a blob when it is whole),
+    and into the blobs it is still writing. Those are temporary files in the layout's top directory,
+    with no digest yet: which layer each one is, nobody can tell until it is named."""
     out = {}
     for d in digests:
         try:
             out[d] = blob_path(layout, d).lstat().st_blocks * 512
         except (FileNotFoundError, ValueError):
             out[d] = 0
-    return out
+    in_flight = 0
+    with os.scandir(layout) as entries:
+        for e in entries:
+            if e.name not in ("oci-layout", "index.json", "blobs"):
+                try:
+                    in_flight += e.stat(follow_symlinks=False).st_blocks * 512
+                except FileNotFoundError:  # named meanwhile: counted at the next look
+                    pass
+    return out, in_flight
 
 
 @dataclass(frozen=True)
@@ -347,7 +357,7 @@ def fetch(
 
     def whole() -> Fetched:
         if on_layers is not None:
-            on_layers(sizes)
+            on_layers(sizes, 0)
         return Fetched(layout, len(missing), total + int(remote.manifest["config"]["size"]))
 
     if remote.ref.transport is Transport.OCI_ARCHIVE:
@@ -363,7 +373,7 @@ def fetch(
         if on_bytes is not None:
             on_bytes(min(_allocated(layout), total), total, time.monotonic() - t0)
         if on_layers is not None:
-            on_layers(_blob_bytes(layout, list(sizes)))
+            on_layers(*_blob_bytes(layout, list(sizes)))
         return full()
 
     try:
