@@ -16,7 +16,8 @@ One VM on an overlay of the shared v1 disk, in file order:
 3. Switch to a healthy v2 with failing wanted checks (one that fails, one that hangs, one not
    executable, one that prints binary garbage, one not a program, and a unit). Its first boot loses
    power once its checks have started, before their verdict: one try spent. It boots again, stays, its
-   tries are cleared, and a power cut afterwards does not roll it back.
+   tries are cleared, so no later power cut can roll it back (bench/powercut.py's after-verdict
+   trials cut there for real).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from imagemode.vm.registry import Registry, insecure_conf
 from tests.conftest import GUEST_REGISTRY, HELLO_V1, HELLO_V2, imagemode
 
 pytestmark = [pytest.mark.vm, pytest.mark.incremental]
-POWER_ONS = 8  # QEMU starts (tests/conftest.py)
+POWER_ONS = 7  # QEMU starts (tests/conftest.py)
 
 SCHEMA = json.loads((Path(__file__).resolve().parent / "data/bootc-host-v1.schema.json").read_text())
 BAD, PANIC, GOOD = (f"localhost/imagemode/hello:health-{n}" for n in ("bad", "panic", "good"))
@@ -258,12 +259,15 @@ def test_healthy_v2_survives_a_cut_before_its_verdict_and_wanted_failures_only_w
     st = settled(vm)
     booted = st["status"]["booted"]
     assert booted["image"]["imageDigest"] == images[GOOD]
+    assert st["status"]["rollback"]["image"]["imageDigest"] == images[HELLO_V1]
     assert booted["health"]["state"] == "healthy"
     assert sorted(booted["health"]["warned"]) == [
         "20-disk.sh", "30-hang.sh", "40-noexec", "45-garbage.sh", "50-not-a-program",
         "health-test-wanted.service",
     ]  # fmt: skip
-    assert grubenv(vm) == {}  # tries cleared by the healthy (second) boot
+    # Tries cleared by the healthy (second) boot: with no counter left, GRUB boots v2 whatever cuts the
+    # power from here on. (The soak cuts after the verdict for real: docs/reliability.md.)
+    assert grubenv(vm) == {}
     assert vm.exec("cat /var/lib/health-test/green.log").stdout == "green\n"
     journal = vm.exec("journalctl -b -u imagemode-health -p warning --no-pager -o cat").stdout
     assert "wanted 20-disk.sh: warned (exit 1): disk 91% full" in journal, journal
@@ -288,12 +292,4 @@ def test_healthy_v2_survives_a_cut_before_its_verdict_and_wanted_failures_only_w
     assert motd.startswith("imagemode: this boot is healthy ("), motd
     shown = json.loads(vm.exec("imagemode health --show --json").stdout)
     assert shown["at"] == json.loads(p.stdout)["at"]
-
-
-def test_power_cut_after_a_healthy_boot_keeps_v2(vm: VM, images: dict[str, str]) -> None:
-    vm.kill()
-    vm.start().wait_ssh(900)
-    st = settled(vm)
-    assert st["status"]["booted"]["image"]["imageDigest"] == images[GOOD]
-    assert st["status"]["rollback"]["image"]["imageDigest"] == images[HELLO_V1]
     vm.poweroff()
