@@ -266,7 +266,7 @@ def test_healthy_v2_survives_a_cut_before_its_verdict_and_wanted_failures_only_w
         "health-test-wanted.service",
     ]  # fmt: skip
     # Tries cleared by the healthy (second) boot: with no counter left, GRUB boots v2 whatever cuts the
-    # power from here on. (The soak cuts after the verdict for real: docs/reliability.md.)
+    # power from here on.
     assert grubenv(vm) == {}
     assert vm.exec("cat /var/lib/health-test/green.log").stdout == "green\n"
     journal = vm.exec("journalctl -b -u imagemode-health -p warning --no-pager -o cat").stdout
