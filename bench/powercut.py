@@ -392,20 +392,40 @@ def table(trials: list[Trial]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [head, *rows])
 
 
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a trial is numbered from 1, a layer has bytes)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return n
+
+
+def record(path: str | None, seed: int, trials: list[Trial]) -> None:
+    if path:
+        Path(path).write_text(json.dumps({"seed": seed, "trials": [t.__dict__ for t in trials]}, indent=2))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--trials", type=int, default=len(PHASES))
+    ap.add_argument("--trials", type=positive, default=len(PHASES))
     ap.add_argument("--seed", type=int, default=int(time.time()))
     resumed = "number the trials from N (a soak resumed: trial N has the same seed and phase)"
-    ap.add_argument("--first", type=int, default=1, metavar="N", help=resumed)
+    ap.add_argument("--first", type=positive, default=1, metavar="N", help=resumed)
     ap.add_argument("--phase", action="append", choices=PHASES, help="only these phases (repeatable)")
     ap.add_argument("--json", metavar="FILE", help="write every trial's record here")
     grow = "v2's new layer, in MB (default 48): the pull of 48 MB over guestfwd is over in about a second"
-    ap.add_argument("--layer-mb", type=int, default=48, metavar="MB", help=grow)
+    ap.add_argument("--layer-mb", type=positive, default=48, metavar="MB", help=grow)
     args = ap.parse_args()
     phases = args.phase or list(PHASES)
-    print(f"seed {args.seed}", flush=True)
     trials: list[Trial] = []
+    try:  # a soak is hours long: a record it cannot write is found now, not after its first trial
+        record(args.json, args.seed, trials)
+    except OSError as e:
+        ap.error(f"--json {args.json}: {e.strerror}")
+    print(f"seed {args.seed}", flush=True)
     with tempfile.TemporaryDirectory(prefix="powercut-", dir="/var/tmp") as tmp, Registry() as registry:
         work = Path(tmp)
         images = build(work, registry, args.layer_mb)
@@ -427,10 +447,7 @@ def main() -> int:
             vm.close()
             t.seconds = round(time.monotonic() - started, 1)
             trials.append(t)
-            if args.json:  # after every trial: a soak stopped halfway keeps what it saw
-                Path(args.json).write_text(
-                    json.dumps({"seed": args.seed, "trials": [t.__dict__ for t in trials]}, indent=2)
-                )
+            record(args.json, args.seed, trials)  # after each trial: a soak stopped halfway keeps it
             last, kept = args.first + args.trials - 1, sum(held(v) for v in t.checks.values())
             print(f"trial {n}/{last}: {t.phase}, cut at {t.hit}, booted {t.booted or '-'}, "
                   f"{kept}/{len(CHECKS)} checks, {t.seconds}s",
