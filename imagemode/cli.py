@@ -126,6 +126,9 @@ BASE = (
     flag("--no-cache", help="rebuild the OS layer even if it is cached"),
     opt("--cache-dir", default=str(spec.DEFAULT_CACHE), metavar="DIR",
         help="cache for package lists, .debs and OS layers (default: %(default)s)"),
+    opt("--prior", metavar="REF", help="keep the layer slots of this earlier build, any transport "
+        "(default: the image now under the tag; docs/chunking.md)"),
+    flag("--single-layer", help="write the OS as one layer, not grouped by package"),
 )  # fmt: skip
 
 
@@ -134,9 +137,11 @@ BASE = (
 VERBS: tuple[Verb, ...] = (
     Verb(("build", "base"), "build the bootable Debian base image",
          "Build the bootable Debian base image from Debian packages, into local containers-storage. apt "
-         "resolves the package set; the OS layer is cached by the hash of its inputs; imagemode itself is "
-         f"a thin top layer. Use the result in a Containerfile: FROM {spec.DEFAULT_TAG}",
-         c.build_base, BASE, exclusive=(("plan", "output"), ("plan", "no_cache"))),
+         "resolves the package set; the OS layer is cached by the hash of its inputs and written as one "
+         "layer per large source package (docs/chunking.md); imagemode itself is a thin top layer. Use the "
+         f"result in a Containerfile: FROM {spec.DEFAULT_TAG}",
+         c.build_base, BASE,
+         exclusive=(("plan", "output"), ("plan", "no_cache"), ("prior", "single_layer"))),
     Verb(("build",), "build a Containerfile and lint the result",
          "Build a Containerfile with podman, with the options this machine needs, then lint the result. "
          "The tag is applied only if the build and the lint pass. For the base image see "

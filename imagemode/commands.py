@@ -35,7 +35,7 @@ def build_base(args: argparse.Namespace) -> Result:
 
     from imagemode.build import base
     from imagemode.build.spec import BaseSpec
-    from imagemode.oci.reference import local_tag
+    from imagemode.oci.reference import local_tag, parse_local
     from imagemode.ui import Progress
 
     spec = BaseSpec(release=args.release, mirror=args.mirror, security_mirror=args.security_mirror,
@@ -48,6 +48,8 @@ def build_base(args: argparse.Namespace) -> Result:
         output=base.parse_output(args.output) if args.output else None,
         use_cache=not args.no_cache,
         source_date_epoch=args.source_date_epoch,
+        single_layer=args.single_layer,
+        prior=parse_local(args.prior) if args.prior else None,
     )
     if args.plan:
         return base.plan(opts)

@@ -22,7 +22,7 @@ from tests.conftest import ROOT
 
 PACKAGE = ROOT / "imagemode"
 BOTTOM = {"imagemode", "errors", "run", "confined", "ui", "tmpfiles", "output", "atomic", "data"}
-ORDER = ["oci", "store", "boot", "health", "embed", "host"]
+ORDER = ["oci", "chunk", "store", "boot", "health", "embed", "host"]
 BESIDE = {"build", "disk", "vm"}
 TOP = ["commands", "cli", "bootc", "entry", "__main__"]
 DEVICE_HANDLERS = {"status", "_update", "upgrade", "switch", "rollback", "prune", "health", "boot_update",

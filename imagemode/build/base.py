@@ -21,9 +21,11 @@ from typing import Any
 
 import imagemode
 from imagemode import atomic
-from imagemode.build import apt, lint
+from imagemode.build import apt, chunked, lint
 from imagemode.build.spec import DEFAULT_CACHE, BaseSpec, Lock, cache_key
 from imagemode.build.steps import TREE_STEPS, BuildContext, Step
+from imagemode.chunk import components
+from imagemode.chunk import label as chunk_label
 from imagemode.errors import ImagemodeError
 from imagemode.oci import storage
 from imagemode.oci.layout import Blob, Layout, iso_time, write_layer
@@ -32,6 +34,7 @@ from imagemode.run import run
 from imagemode.ui import Progress, human_size
 
 PYTHON_DIR = "usr/lib/python3/dist-packages"
+IMAGEMODE_EPOCH = 1767225600  # 2026-01-01: the mtimes of imagemode's own layer
 CACHE_KEEP = 3  # OS layers kept in the cache, newest first
 
 
@@ -44,6 +47,8 @@ class BaseOptions:
     output: ImageRef | None = None
     use_cache: bool = True
     source_date_epoch: int | None = None
+    single_layer: bool = False  # the OS as one layer, as before chunking (docs/chunking.md)
+    prior: ImageRef | None = None  # whose slots to keep (default: the image now under `tag`)
 
 
 @dataclass(frozen=True)
@@ -57,15 +62,21 @@ class BaseResult:
     cache_key: str
     cached: bool
     seconds: float
+    layers: int = 0
+    patches: tuple[str, ...] = ()
+    prior: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def human(self) -> str:
+        patches = f", patches for {', '.join(self.patches)}" if self.patches else ""
+        prior = f"\n  prior    {self.prior}" if self.prior else ""
         return (
             f"{self.tag}\n  digest   {self.digest}\n  size     {human_size(self.size_bytes)}"
             f"\n  packages {self.packages}\n  OS layer {'cached' if self.cached else 'built'}"
-            f" ({self.cache_key[:12]})\n  time     {self.seconds:.1f}s"
+            f" ({self.cache_key[:12]})\n  layers   {self.layers}{patches}{prior}"
+            f"\n  time     {self.seconds:.1f}s"
         )
 
 
@@ -105,9 +116,17 @@ PLAN_STEPS = (
         "write the OS tree as a reproducible layer; cache it by the hash of its inputs",
         lambda c: None,
     ),
+    Step(
+        "chunk",
+        "group the OS tree into layers by source package, keeping the prior build's slots",
+        lambda c: None,
+    ),
     Step("imagemode-layer", "install imagemode from this source tree as a thin top layer", lambda c: None),
     Step("image", "write config and manifest; copy into containers-storage", lambda c: None),
 )
+
+
+OS_LAYER = next(s for s in PLAN_STEPS if s.name == "os-layer")
 
 
 def load_lock(path: Path) -> Lock:
@@ -260,8 +279,11 @@ COMMANDS = (
 )
 
 
-def write_imagemode_layer(dest: Path, epoch: int) -> Blob:
-    """imagemode's own code, byte-compiled, as it runs on the device's python3."""
+def write_imagemode_layer(dest: Path) -> Blob:
+    """imagemode's own code, byte-compiled, as it runs on the device's python3. Its mtimes are a fixed
+    date, so its bytes follow its code alone (a new epoch of the OS leaves this layer as it was), and
+    its files carry user.component=imagemode, so that `rechunk` of a derived image finds them."""
+    epoch = IMAGEMODE_EPOCH
     with tempfile.TemporaryDirectory(prefix="imagemode-layer-") as tmp:
         root = Path(tmp)
         pkg = root / PYTHON_DIR / "imagemode"
@@ -298,7 +320,7 @@ def write_imagemode_layer(dest: Path, epoch: int) -> Blob:
             if p.is_dir() and not p.is_symlink():
                 p.chmod(0o755)
             os.utime(p, (epoch, epoch), follow_symlinks=False)
-        return write_layer(root, dest, epoch)
+        return write_layer(root, dest, epoch, component=components.IMAGEMODE)
 
 
 def build(opts: BaseOptions, progress: Progress) -> BaseResult:
@@ -310,22 +332,40 @@ def build(opts: BaseOptions, progress: Progress) -> BaseResult:
     if cached:
         record = json.loads((layer_dir / "layer.json").read_text())
         os.utime(layer_dir)  # recently used: kept by the cache's GC
-        for step in PLAN_STEPS[1:-2]:
+        for step in PLAN_STEPS[1 : PLAN_STEPS.index(OS_LAYER) + 1]:
             progress.skipped(step.name, f"cached (key {key[:12]})")
     else:
         record = build_os_layer(opts, lock, key, progress)
     os_blob = Blob(record["digest"], record["size"], "application/vnd.oci.image.layer.v1.tar")
+    epoch = lock.source_date_epoch
     with _workdir(opts.cache_dir / "work", "image-") as work:
+        os_layers: list[tuple[str, Path, Blob]] = [("os", layer_dir / "layer.tar", os_blob)]
+        label: chunk_label.ChunkLabel | None = None
+        patches: tuple[str, ...] = ()
+        if opts.single_layer:
+            progress.skipped("chunk", "--single-layer: the OS is one layer")
+        else:
+            with progress.step("chunk", "group the OS tree into layers by source package"):
+                prior = chunked.read_prior(opts.prior) if opts.prior else chunked.default_prior(opts.tag)
+                done = chunked.chunk(
+                    layer_dir / "layer.tar", epoch, prior, work, opts.cache_dir, progress.line
+                )
+                os_layers, label, patches = list(done.layers), done.label, done.patches
+                progress.line(f"{len(done.layers)} layers from {done.components} components"
+                              + (f", slots kept from {prior.ref}" if prior else ""))  # fmt: skip
         with progress.step(
             "imagemode-layer", f"imagemode {imagemode.__version__} from {imagemode_source()}"
         ):
-            top = write_imagemode_layer(work / "imagemode.tar", lock.source_date_epoch)
+            top = write_imagemode_layer(work / "imagemode.tar")
         with progress.step("image", f"config and manifest, then containers-storage:{opts.tag}"):
             layout = Layout(work / "oci")
-            layout.add_file(layer_dir / "layer.tar", os_blob)
+            for _, path, blob in os_layers:
+                layout.add_file(path, blob)
             layout.add_file(work / "imagemode.tar", top)
-            epoch = lock.source_date_epoch
             labels = _labels(opts.spec, lock, key, record["debian_version"])
+            if label is not None:
+                labels[chunk_label.KEY] = label.to_json()
+            what = f"Debian {opts.spec.release}, {record['packages']} packages (cache key {key[:12]})"
             config = {
                 "created": iso_time(epoch),
                 "architecture": opts.spec.architecture,
@@ -337,15 +377,13 @@ def build(opts: BaseOptions, progress: Progress) -> BaseResult:
                     "StopSignal": "SIGRTMIN+3",
                 },
                 "history": [
-                    {
-                        "created": iso_time(epoch),
-                        "created_by": f"imagemode build base: Debian {opts.spec.release}, "
-                        f"{record['packages']} packages (cache key {key[:12]})",
-                    },
+                    *({"created": iso_time(epoch), "created_by": f"imagemode build base: {what}"
+                       + ("" if slot == "os" else f", layer {slot}")} for slot, _, _ in os_layers),
                     {"created": iso_time(epoch), "created_by": f"imagemode {imagemode.__version__}"},
                 ],
-            }
-            manifest = layout.write_image([(os_blob, os_blob.digest), (top, top.digest)], config, "latest")
+            }  # fmt: skip
+            pairs = [(b, b.digest) for _, _, b in os_layers] + [(top, top.digest)]
+            manifest = layout.write_image(pairs, config, "latest")
             src = ImageRef(Transport.OCI, path=str(layout.path), tag="latest")
             storage.copy(src, opts.tag)
             if opts.output is not None:
@@ -363,6 +401,9 @@ def build(opts: BaseOptions, progress: Progress) -> BaseResult:
         cache_key=key,
         cached=cached,
         seconds=0.0,
+        layers=len(pairs),
+        patches=patches,
+        prior=label.prior if label is not None else None,
     )
 
 

@@ -7,6 +7,7 @@ same layer digest, the same config digest and the same manifest digest on any ma
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -93,38 +94,73 @@ def _walk(path: str, arc: str) -> Iterator[tuple[str, str]]:
             yield from _walk(full, rel)
 
 
-def write_layer(root: Path, dest: Path, epoch: int, *, prefix: Iterable[str] = ()) -> Blob:
+class LayerWriter:
+    """One uncompressed layer tar being written, hashed as it goes: entries are added in the order they
+    must appear (parents first), and `close()` gives the blob (its digest is also its diff_id). The one
+    place that writes layer tars: write_layer() and the chunked layers (imagemode.chunk.write) use it."""
+
+    def __init__(self, dest: Path) -> None:
+        # Open across many add() calls, closed by close() or abort(): no `with` can span them.
+        self._raw = open(dest, "wb")  # noqa: SIM115
+        self._hw = _HashingWriter(self._raw)
+        self._tar = tarfile.open(fileobj=self._hw, mode="w|", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]  # noqa: SIM115
+        self.count = 0
+
+    def tarinfo(self, path: str, arcname: str) -> tarfile.TarInfo | None:
+        """The entry for a file on disk; a second name of an inode already written is a hard link."""
+        info: tarfile.TarInfo | None = self._tar.gettarinfo(path, arcname=arcname)
+        return info
+
+    def add(self, ti: tarfile.TarInfo, data: IO[bytes] | None = None) -> None:
+        self._tar.addfile(ti, data)
+        self.count += 1
+
+    def close(self) -> Blob:
+        self._tar.close()
+        self._raw.close()
+        return Blob(f"sha256:{self._hw.sha.hexdigest()}", self._hw.size, MEDIA_LAYER_TAR)
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError, tarfile.TarError):
+            self._tar.close()
+        self._raw.close()
+
+
+def write_layer(
+    root: Path, dest: Path, epoch: int, *, prefix: Iterable[str] = (), component: str | None = None
+) -> Blob:
     """Write every file under `root` as an uncompressed, reproducible layer tar at `dest`.
 
     prefix: directories (relative, e.g. "usr/lib") written first as plain root-owned 0755 entries, for a
     layer that adds files deep in a tree it does not own.
+    component: marks each regular file with this `user.component` xattr (docs/chunking.md). Only
+    regular files: Linux refuses user xattrs on symlinks.
     """
     root_s = os.fspath(root)
-
-    def clamp(ti: tarfile.TarInfo) -> tarfile.TarInfo:
-        ti.mtime = min(int(ti.mtime), epoch)
-        ti.uname = ti.gname = ""
-        return ti
-
-    with open(dest, "wb") as raw:
-        hw = _HashingWriter(raw)
-        with tarfile.open(fileobj=hw, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-            for d in prefix:
-                ti = tarfile.TarInfo(d)
-                ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, epoch
-                tar.addfile(ti)
-            for full, arc in _walk(root_s, ""):
-                info = tar.gettarinfo(full, arcname=arc)
-                if info is None:  # sockets and other types a layer cannot carry
-                    continue
-                ti = clamp(info)
-                ti.pax_headers = _xattrs(full)
-                if ti.isreg():
-                    with open(full, "rb") as f:
-                        tar.addfile(ti, f)
-                else:
-                    tar.addfile(ti)
-    return Blob(f"sha256:{hw.sha.hexdigest()}", hw.size, MEDIA_LAYER_TAR)
+    w = LayerWriter(dest)
+    try:
+        for d in prefix:
+            ti = tarfile.TarInfo(d)
+            ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, epoch
+            w.add(ti)
+        for full, arc in _walk(root_s, ""):
+            info = w.tarinfo(full, arc)
+            if info is None:  # sockets and other types a layer cannot carry
+                continue
+            info.mtime = min(int(info.mtime), epoch)
+            info.uname = info.gname = ""
+            info.pax_headers = _xattrs(full)
+            if component is not None and info.isreg():
+                info.pax_headers["SCHILY.xattr.user.component"] = component
+            if info.isreg():
+                with open(full, "rb") as f:
+                    w.add(info, f)
+            else:
+                w.add(info)
+    except BaseException:
+        w.abort()
+        raise
+    return w.close()
 
 
 def iso_time(epoch: int) -> str:

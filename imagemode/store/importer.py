@@ -144,12 +144,14 @@ def import_oci(
     descs = img.manifest["layers"]
     made: list[str] = []  # layer refs this import added: a refused image takes them away again
     try:
-        for i, (desc, diff_id) in enumerate(zip(descs, img.diff_ids, strict=True)):
-            new = _layer_commit(repo, img, desc, diff_id, work)
-            if new:
-                made.append(layer_ref(diff_id))
-            if on_layer:
-                on_layer(i + 1, len(descs), new)
+        # One transaction for the layers: a layer is in the store when all of them are.
+        with layers.transaction(repo):
+            for i, (desc, diff_id) in enumerate(zip(descs, img.diff_ids, strict=True)):
+                new = diff_id not in img.diff_ids[:i] and _layer_commit(repo, img, desc, diff_id, work)
+                if new:
+                    made.append(layer_ref(diff_id))
+                if on_layer:
+                    on_layer(i + 1, len(descs), new)
         commit, ref, version = _compose(repo, img, image, check_bootable, digest or img.digest)
     except BaseException:
         for r in made:

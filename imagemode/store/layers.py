@@ -22,6 +22,7 @@ module.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -30,7 +31,7 @@ import os
 import stat
 import tarfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
@@ -322,17 +323,39 @@ def _read(blob: Path, out: _Objects, cap: int, digest: str, diff_id: str) -> tup
     return tree, wh
 
 
+@contextlib.contextmanager
+def transaction(repo: Repo) -> Iterator[None]:
+    """One repository transaction for every layer committed inside it (commit_layer). Each
+    transaction costs a sync and the renames of its staged objects: importing the 76 layers of the
+    chunked base took 18.5 s in a transaction each and 11.5 s in one (docs/chunking.md). A failure
+    anywhere aborts it, and no layer of it is left in the store."""
+    handle = repo.handle
+    handle.prepare_transaction(None)
+    repo.in_transaction = True
+    try:
+        yield
+        handle.commit_transaction(None)
+    except BaseException:
+        handle.abort_transaction(None)
+        raise
+    finally:
+        repo.in_transaction = False
+
+
 def commit_layer(
     repo: Repo, blob: Path, ref: str, *, digest: str, diff_id: str, subject: str = ""
 ) -> Whiteouts:
     """Commit the layer blob at `blob` under `ref`, after checking it against `digest` (its compressed
     bytes) and `diff_id` (its tar). A layer that fails a check leaves nothing in the repo: it is read
-    once to check it, and written only in a second pass."""
+    once to check it, and written only in a second pass. Inside transaction(), the commit and its ref
+    land when that transaction does; otherwise in a transaction of its own."""
     g = gi()
     handle = repo.handle
     cap = expansion_cap(blob.stat().st_size, repo.path)
     _read(blob, _DryRun(), cap, digest, diff_id)
-    handle.prepare_transaction(None)
+    own = not repo.in_transaction
+    if own:
+        handle.prepare_transaction(None)
     try:
         tree, wh = _read(blob, _Objects(handle), cap, digest, diff_id)
         _, root = handle.write_mtree(tree.root, None)
@@ -341,11 +364,14 @@ def commit_layer(
             None, subject or f"layer {diff_id}", None, keys, root, 0, None
         )
         handle.transaction_set_ref(None, ref, csum)
-        handle.commit_transaction(None)
+        if own:
+            handle.commit_transaction(None)
     except g.GLib.Error as e:  # the store refused a write: its disk is full, say
-        handle.abort_transaction(None)
+        if own:
+            handle.abort_transaction(None)
         raise LayerError(f"cannot store layer {digest}: {e.message}") from None
     except BaseException:
-        handle.abort_transaction(None)
+        if own:
+            handle.abort_transaction(None)
         raise
     return wh

@@ -17,6 +17,7 @@ class Repo:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._handle: Any = None
+        self.in_transaction = False  # imagemode.store.layers.transaction() holds one open
 
     @property
     def handle(self) -> Any:
