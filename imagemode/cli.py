@@ -128,6 +128,8 @@ BASE = (
         help="cache for package lists, .debs and OS layers (default: %(default)s)"),
     opt("--prior", metavar="REF", help="keep the layer slots of this earlier build, any transport "
         "(default: the image now under the tag; docs/chunking.md)"),
+    flag("--rebase", help="no patch layers: ship every changed package's layer whole (the base of later "
+         "patches)"),
     flag("--single-layer", help="write the OS as one layer, not grouped by package"),
 )  # fmt: skip
 
@@ -141,7 +143,8 @@ VERBS: tuple[Verb, ...] = (
          "layer per large source package (docs/chunking.md); imagemode itself is a thin top layer. Use the "
          f"result in a Containerfile: FROM {spec.DEFAULT_TAG}",
          c.build_base, BASE,
-         exclusive=(("plan", "output"), ("plan", "no_cache"), ("prior", "single_layer"))),
+         exclusive=(("plan", "output"), ("plan", "no_cache"), ("prior", "single_layer"),
+                    ("rebase", "single_layer"))),
     Verb(("build",), "build a Containerfile and lint the result",
          "Build a Containerfile with podman, with the options this machine needs, then lint the result. "
          "The tag is applied only if the build and the lint pass. For the base image see "
@@ -156,8 +159,24 @@ VERBS: tuple[Verb, ...] = (
              opt("--embed", action="append", default=[], metavar="SOURCE",
                  help="embed the images SOURCE names (release JSON, manifests, kustomize dir, quadlets, "
                  "list)"),
+             flag("--rechunk", help="write the result grouped into layers by package (imagemode rechunk) "
+                  "before it is tagged"),
              TLS,
          ), exclusive=(("no_lint", "fatal_warnings"),)),
+    Verb(("rechunk",), "write an image again, its layers grouped by package",
+         "Flatten IMAGE and write it again as a chunked image: one layer per large Debian source package, "
+         "the rest in bins, every component in the slot it had in the prior build (docs/chunking.md). A "
+         "derived image that changes one package then costs its devices that package, not the image.",
+         c.rechunk, (
+             opt("image", metavar="IMAGE", help="a local image, or oci:DIR, oci-archive:FILE, docker://REF"),
+             opt("-t", "--tag", required=True, help="tag of the chunked image"),
+             opt("--prior", metavar="REF", help="keep the slots of this build (default: the image now under "
+                 "the tag, else the slots IMAGE inherits from its chunked base)"),
+             flag("--rebase", help="no patch layers: ship every changed package's layer whole"),
+             opt("--source-date-epoch", type=int, metavar="N",
+                 help="the time of files the build made (default: IMAGE's created time)"),
+             JSON,
+         )),
     Verb(("embed",), "copy workload images into the OS tree's read-only store",
          "Copy every image the SOURCEs name into a read-only containers-storage under "
          "ROOT/usr/lib/imagemode/containers/storage, which podman and CRI-O on the device use as an "

@@ -49,6 +49,7 @@ def build_base(args: argparse.Namespace) -> Result:
         use_cache=not args.no_cache,
         source_date_epoch=args.source_date_epoch,
         single_layer=args.single_layer,
+        rebase=args.rebase,
         prior=parse_local(args.prior) if args.prior else None,
     )
     if args.plan:
@@ -74,6 +75,7 @@ def build(args: argparse.Namespace) -> int:
         fatal_warnings=args.fatal_warnings,
         embed=tuple(Path(e) for e in args.embed),
         tls_verify=args.tls_verify,
+        rechunk=args.rechunk,
     )
     log = logging.getLogger("imagemode.build")
     report = containerfile.build(opts, on_line=None if args.verbose else log.info)
@@ -81,6 +83,26 @@ def build(args: argparse.Namespace) -> int:
         print(report.human())
     print(f"built {opts.tag}")
     return 0
+
+
+def rechunk(args: argparse.Namespace) -> Result:
+    from imagemode.build import rechunk as r
+    from imagemode.oci.reference import parse_local
+
+    opts = r.RechunkOptions(
+        image=parse_local(args.image),
+        tag=_tag(args.tag),
+        prior=parse_local(args.prior) if args.prior else None,
+        rebase=args.rebase,
+        source_date_epoch=args.source_date_epoch,
+    )
+    return r.rechunk(opts, say=(lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr)))
+
+
+def _tag(text: str) -> Any:
+    from imagemode.build.containerfile import parse_tag
+
+    return parse_tag(text)
 
 
 def embed(args: argparse.Namespace) -> Result:

@@ -49,6 +49,7 @@ class BaseOptions:
     source_date_epoch: int | None = None
     single_layer: bool = False  # the OS as one layer, as before chunking (docs/chunking.md)
     prior: ImageRef | None = None  # whose slots to keep (default: the image now under `tag`)
+    rebase: bool = False  # no patch layers: every changed component whole
 
 
 @dataclass(frozen=True)

@@ -93,15 +93,17 @@ def chunk(
     work: Path,
     cache_dir: Path,
     say: Callable[[str], None] = lambda s: None,
+    rebase: bool = False,
 ) -> Chunked:
-    """The chunked layers of the tree in the flat layer tar `flat`, written under `work`."""
+    """The chunked layers of the tree in the flat layer tar `flat`, written under `work`. `rebase`: no
+    patch layers; every changed component is shipped whole (imagemode.chunk.plan.make)."""
     t0 = time.monotonic()
     with tarfile.open(flat, "r:") as tar:
         scan = components.scan(tar)
         contents = write.Contents(tar, scan)
         sizes = [chunk_plan.Size(c.name, c.size) for c in scan.components.values()]
         plan = chunk_plan.make(sizes, prior.prior if prior else None, scan.kernel, contents.fingerprints,
-                               contents.tree)  # fmt: skip
+                               contents.tree, patches=not rebase)  # fmt: skip
         written = write.write(tar, scan, plan, work, epoch, contents)
     store = cache_dir / "chunks"
     reused = _reused_blobs([w.plan.reuse for w in written if w.plan.reuse], store, prior, work)

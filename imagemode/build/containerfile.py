@@ -50,6 +50,7 @@ class BuildOptions:
     fatal_warnings: bool = False
     embed: tuple[Path, ...] = ()  # sources of workload images to embed (imagemode.embed)
     tls_verify: bool = True  # for the registries of embedded images
+    rechunk: bool = False  # the result grouped into layers by package before it is tagged
 
 
 def build(opts: BuildOptions, on_line: Callable[[str], None] | None = None) -> lint.Report | None:
@@ -91,7 +92,12 @@ def build(opts: BuildOptions, on_line: Callable[[str], None] | None = None) -> l
             report.image = str(opts.tag)
         if report is not None and (report.errors or (opts.fatal_warnings and report.warnings)):
             raise lint.LintFailedError(report)
-        storage.tag(str(built), opts.tag)
+        if opts.rechunk:
+            from imagemode.build import rechunk
+
+            rechunk.rechunk(rechunk.RechunkOptions(built, opts.tag), say=on_line or (lambda s: None))
+        else:
+            storage.tag(str(built), opts.tag)
         return report
     finally:
         storage.untag(temp)

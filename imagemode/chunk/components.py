@@ -93,10 +93,6 @@ class Component:
     size: int = 0  # bytes of its regular files
     packaged_mtime: int = 0  # the newest mtime of its files from a .deb, outside /etc and /var
 
-    @property
-    def special(self) -> bool:
-        return self.name in (INITRAMFS, VOLATILE)
-
 
 @dataclass
 class Scan:

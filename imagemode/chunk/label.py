@@ -40,7 +40,7 @@ VERSION_TEXT = re.compile(r"[A-Za-z0-9.+~:-]{1,128}\Z")  # Debian policy 5.6.12
 # A source package, or one of imagemode's own components (docs/chunking.md): @unowned, @imagemode,
 # @file:PATH for a large file that no package owns.
 COMPONENT = re.compile(r"(?:[a-z0-9][a-z0-9+.-]{0,99}|@[a-z]{1,20}(?::[A-Za-z0-9._+/@#-]{1,240})?)\Z")
-SLOT = re.compile(r"(?:(?:own|patch):(?P<name>.+)|bin:(?P<bin>[0-9]{1,3})|initramfs|volatile)\Z")
+SLOT = re.compile(r"(?:(?:own|patch):(?P<name>.+)|bin:(?P<bin>[0-9]{1,3})|initramfs|volatile|imagemode)\Z")
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
 
 

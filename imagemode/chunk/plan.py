@@ -7,7 +7,8 @@
   A new component takes a free own slot if it is large enough; a binned one that has grown past
   PROMOTE_MIN may take one too. Nothing else moves, so one package's update never reshuffles the
   layers of the others (the "change cascading" rpm-ostree's users report, #5302).
-- `@initramfs` and `@volatile` are layers of their own, always.
+- `@initramfs`, `@volatile` and imagemode's own files (in a rechunked image) are layers of their own,
+  always, at the top.
 - Patch layers: a large own component that changed only a little ships one cumulative patch layer
   (its entries that differ from the base in its slot) and keeps the base layer of the prior build,
   as long as the patch stays under PATCH_CAP of the component's bytes and the base holds nothing
@@ -23,10 +24,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from imagemode.chunk import label as chunk_label
-from imagemode.chunk.components import INITRAMFS, VOLATILE
+from imagemode.chunk.components import IMAGEMODE, INITRAMFS, VOLATILE
 
 MAX_LAYERS = 80  # the whole image: Debian 12's podman caps an image at 128, derived layers included
-TOP = 1  # kept for the layer above the plan (imagemode's own, in the base image)
+TOP = 1  # imagemode's own layer: above the plan in the base image, its last slot in a rechunked one
 BINS = 16
 PATCH_SLOTS = 4
 OWN_MAX = MAX_LAYERS - TOP - 2 - BINS - PATCH_SLOTS  # 2: initramfs and volatile
@@ -36,6 +37,8 @@ PATCH_MIN = 8 << 20  # a component smaller than this is shipped whole: a patch w
 PATCH_CAP = 0.30  # a patch past this share of its component's bytes is a rebase
 
 Fingerprints = dict[bytes, bytes]  # path hash -> content hash, 6 bytes each
+# Components that are a layer of their own, always, in this order at the top: the slot is the name.
+SPECIAL = {INITRAMFS: "initramfs", VOLATILE: "volatile", IMAGEMODE: "imagemode"}
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ def bin_of(name: str, bins: int = BINS) -> int:
 
 def assign(components: Sequence[Size], prior: chunk_label.ChunkLabel | None) -> Slots:
     """Own slots and bins for the (non-special) components, keeping the prior's."""
-    sizes = {c.name: c.size for c in components if c.name not in (INITRAMFS, VOLATILE)}
+    sizes = {c.name: c.size for c in components if c.name not in SPECIAL}
     by_size = sorted(sizes, key=lambda n: (-sizes[n], n))
     if prior is None or prior.bins != BINS:
         own = [n for n in by_size if sizes[n] >= OWN_MIN][:OWN_MAX]
@@ -179,10 +182,12 @@ def make(
     kernel: str | None,
     fingerprints: Callable[[str], Fingerprints],
     tree: Callable[[], Tree],
+    patches: bool = True,
 ) -> Plan:
     """The layers of a chunked image. `fingerprints(name)`: a component's layer now, asked only of
     components that can take patches; `tree()`: what a patch decision reads, asked only when the
-    prior has a base to patch."""
+    prior has a base to patch. `patches=False` (a rebase): every changed component is shipped whole,
+    and its layer is the base of the next build's patches."""
     slots = assign(components, prior.label if prior is not None else None)
     sizes = {c.name: c.size for c in components}
     bases: dict[str, bytes] = {}
@@ -193,7 +198,7 @@ def make(
             continue
         old = prior.label.bases.get(c.name) if prior is not None else None
         base_id = prior.base_of(c.name) if prior is not None else None
-        if old is not None and base_id is not None:
+        if patches and old is not None and base_id is not None:
             seen = seen or tree()
             p = decide_patch(c.name, c.size, old, base_id, seen)
             if p is not None:
@@ -203,10 +208,10 @@ def make(
         bases[c.name] = pack(fingerprints(c.name))
     # More patches than slots: the ones that save the most stay, the others are shipped whole.
     candidates.sort(key=lambda p: (-(sizes[p.component] - p.changed_bytes), p.component))
-    patches = tuple(sorted(candidates[:PATCH_SLOTS], key=lambda p: p.component))
+    kept = tuple(sorted(candidates[:PATCH_SLOTS], key=lambda p: p.component))
     for p in candidates[PATCH_SLOTS:]:
         bases[p.component] = pack(fingerprints(p.component))
-    patched = {p.component: p for p in patches}
+    patched = {p.component: p for p in kept}
     layers = [
         LayerPlan(f"own:{n}", (n,), reuse=patched[n].base if n in patched else None) for n in slots.own
     ]
@@ -214,6 +219,6 @@ def make(
     for n in slots.binned:
         binned.setdefault(bin_of(n, slots.bins), []).append(n)
     layers += [LayerPlan(f"bin:{i}", tuple(sorted(binned[i]))) for i in sorted(binned)]
-    layers += [LayerPlan(f"patch:{p.component}", (p.component,), only=p.changed) for p in patches]
-    layers += [LayerPlan(s.lstrip("@"), (s,)) for s in (INITRAMFS, VOLATILE) if s in sizes]
-    return Plan(tuple(layers), slots, bases, patches)
+    layers += [LayerPlan(f"patch:{p.component}", (p.component,), only=p.changed) for p in kept]
+    layers += [LayerPlan(slot, (name,)) for name, slot in SPECIAL.items() if name in sizes]
+    return Plan(tuple(layers), slots, bases, kept)

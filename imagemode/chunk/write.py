@@ -145,7 +145,9 @@ def _clean(info: tarfile.TarInfo, name: str, mtime: int) -> tarfile.TarInfo:
     ti.size = info.size if info.isreg() else 0
     ti.linkname = info.linkname
     ti.devmajor, ti.devminor = info.devmajor, info.devminor
-    ti.mtime = min(int(info.mtime), mtime)
+    # A directory's mtime says which layer wrote it last (a merged view of layers, `rechunk`'s input,
+    # shows the topmost's): it is the layer's own time, always.
+    ti.mtime = mtime if info.isdir() else min(int(info.mtime), mtime)
     ti.pax_headers = {k: v for k, v in info.pax_headers.items() if k.startswith(XATTR)}
     return ti
 
