@@ -252,7 +252,8 @@ VERBS: tuple[Verb, ...] = (
          "check /etc, and stage a deployment that ostree finalizes at shutdown. The booted system is not "
          "touched. See docs/upgrade.md.",
          c.upgrade, (
-             flag("--check", help="only read the manifest; status shows it as cachedUpdate"),
+             flag("--check", help="only read the manifest: the download size and the package changes; "
+                  "status shows them as cachedUpdate"),
              flag("--download-only", help="stage, but do not apply at shutdown (apply later with "
                   "--from-downloaded)"),
              flag("--from-downloaded", help="apply the update staged by --download-only"),
@@ -272,9 +273,11 @@ VERBS: tuple[Verb, ...] = (
              opt(ENFORCE, action=argparse.BooleanOptionalAction, default=None,
                  help="updates must pass a policy.json that requires signatures, from now on (the default: "
                  "as the device does now; --no-... turns it off)"),
+             flag("--check", help="only read the manifest: the download size and the package changes; "
+                  "change nothing"),
              PROGRESS_FD,
              *UPDATE,
-         ), exclusive=(("json", "quiet"),), device=True),
+         ), exclusive=(("json", "quiet"), ("apply", "check")), device=True),
     Verb(("rollback",), "boot the rollback deployment next (again: undo)",
          "Make the rollback deployment the next boot; a second rollback before the reboot undoes the "
          "first. A staged deployment is discarded.",

@@ -37,7 +37,8 @@ def test_base_image_is_tagged_with_bootc_labels(base_image: dict[str, str]) -> N
     labels = info["Labels"]
     assert labels["containers.bootc"] == "1"
     assert labels["org.opencontainers.image.version"].startswith("12.")
-    assert len(info["RootFS"]["Layers"]) == 2  # the OS, then imagemode itself
+    # the OS by source package (docs/chunking.md), then imagemode itself
+    assert 40 <= len(info["RootFS"]["Layers"]) <= 80
     assert info["Digest"] == base_image["digest"]
 
 

@@ -450,3 +450,55 @@ def test_a_patch_ships_the_changed_files_over_the_kept_base(tmp_path: Path, smal
     prior2 = chunk_plan.Prior(lab2, tuple(b.digest for _, b in layers_of(ws2, base)), "sha256:" + "2" * 64)
     ws3, _ = chunked(flat2, tmp_path / "c", prior2)
     assert [b.digest for _, b in layers_of(ws3, base)] == list(prior2.diff_ids)
+
+
+# ---- package lists ----------------------------------------------------------------------------------
+
+VERSIONS = [
+    ("1:9.2p1-2+deb12u9", "1:9.2p1-2+deb12u10"),
+    ("3.0.20-1~deb12u2", "3.0.22-1~deb12u2"),
+    ("252.38-1~deb12u1", "252.39-1~deb12u2"),
+    ("1.0~rc1", "1.0"),
+    ("1.0", "1.0+b1"),
+    ("2.9.14+dfsg-1.3~deb12u4", "2.9.14+dfsg-1.3~deb12u6"),
+    ("9", "1:1"),
+    ("1.2a", "1.2b"),
+    ("1.10", "1.9.9"),
+    ("5.2.15-2+b7", "5.2.15-2+b7"),
+    ("20230311+deb12u1", "20250419~deb12u2"),
+    ("1-1", "1-1.1"),
+]
+
+
+@pytest.mark.parametrize(("a", "b"), VERSIONS)
+def test_versions_order_as_dpkg_orders_them(a: str, b: str) -> None:
+    import subprocess
+
+    from imagemode.chunk.packages import compare_versions
+
+    want = 0 if subprocess.run(["dpkg", "--compare-versions", a, "eq", b]).returncode == 0 else (
+        -1 if subprocess.run(["dpkg", "--compare-versions", a, "lt", b]).returncode == 0 else 1)  # fmt: skip
+    assert compare_versions(a, b) == want
+    assert compare_versions(b, a) == -want
+
+
+def test_package_changes_between_two_lists() -> None:
+    from imagemode.chunk import packages
+
+    status = (
+        "Package: openssh-server\nStatus: install ok installed\nVersion: 1:9.2p1-2+deb12u9\n\n"
+        "Package: gone\nStatus: install ok installed\nVersion: 1.0\n\n"
+        "Package: half\nStatus: deinstall ok config-files\nVersion: 1.0\n\n"
+        "Package: Bad_Name\nStatus: install ok installed\nVersion: 1\n\n"
+        "Package: jq\nStatus: install ok installed\nVersion: 1.6-2.1+deb12u3\n"
+    )
+    old = packages.installed(status)
+    assert old == {"openssh-server": "1:9.2p1-2+deb12u9", "gone": "1.0", "jq": "1.6-2.1+deb12u3"}
+    new = {"openssh-server": "1:9.2p1-2+deb12u10", "jq": "1.6-2.1+deb12u2", "tree": "2.1.0-1"}
+    c = packages.compare(old, new)
+    assert c.upgraded == (("openssh-server", "1:9.2p1-2+deb12u9", "1:9.2p1-2+deb12u10"),)
+    assert c.downgraded == (("jq", "1.6-2.1+deb12u3", "1.6-2.1+deb12u2"),)
+    assert c.added == (("tree", "2.1.0-1"),) and c.removed == (("gone", "1.0"),)
+    assert c.summary() == "1 upgraded, 1 downgraded, 1 added, 1 removed"
+    assert c.to_dict()["upgraded"] == [{"name": "openssh-server", "from": "1:9.2p1-2+deb12u9",
+                                        "to": "1:9.2p1-2+deb12u10"}]  # fmt: skip

@@ -52,6 +52,16 @@ PROGRESS = json.loads((Path(__file__).resolve().parent / "data/bootc-progress-v0
 QUOTED_KARG = 'hello.quoted="semi;colon$dollar"'
 CONFLICT = "localhost/imagemode/hello:lc-conflict"
 LOCAL_EDIT = "edited on the device"
+# v1 with one package at another version, rechunked: what `upgrade --check` previews. tzdata has more
+# than one version in Debian 12's archive (main, -updates, -security); the build takes one that is not
+# v1's, and fails if the mirror has none.
+PREVIEW = "localhost/imagemode/hello:lc-preview"
+PREVIEW_RUN = (
+    "RUN apt-get update && now=$(dpkg-query -W -f '${Version}' tzdata)"
+    " && other=$(apt-cache madison tzdata | awk -v now=\"$now\" '$3 != now {print $3; exit}')"
+    ' && test -n "$other" && apt-get install -y --allow-downgrades "tzdata=$other" && apt-get clean'
+    " && rm -rf /var/lib/apt/lists/* /var/log/apt /var/log/dpkg.log /var/log/alternatives.log\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +83,16 @@ def images(hello_images: dict[str, str], tmp_path_factory: pytest.TempPathFactor
         " && ln -s /usr/share/containers/systemd/lc-bound.image /usr/lib/bootc/bound-images.d/\n"
     )
     imagemode("build", "-t", V2X, str(v2x))
+    pv = tmp_path_factory.mktemp("preview")
+    (pv / "Containerfile").write_text(f"FROM {V1}\n{PREVIEW_RUN}")
+    podman("rmi", "-f", PREVIEW, check=False)  # its slots come from v1's label, not a stale tag's
+    imagemode("build", "--rechunk", "-t", PREVIEW, str(pv))
     tar = ctx / "nokernel.tar"
     (ctx / "root/etc").mkdir(parents=True)
     (ctx / "root/etc/os-release").write_text("ID=nokernel\n")
     subprocess.run(["tar", "-C", str(ctx / "root"), "-cf", str(tar), "."], check=True)
     podman("import", str(tar), "localhost/imagemode/nokernel:lc")
-    return {**hello_images, CONFLICT: digest_of(CONFLICT), V2X: digest_of(V2X)}
+    return {**hello_images, CONFLICT: digest_of(CONFLICT), V2X: digest_of(V2X), PREVIEW: digest_of(PREVIEW)}
 
 
 @pytest.fixture(scope="module")
@@ -339,6 +353,50 @@ def test_etc_file_that_becomes_a_directory_is_refused(vm: VM) -> None:
         vm.exec("rm -f /etc/imagemode-test.d")
 
 
+def _layers(ref: str, tls: bool = True) -> list[tuple[str, int]]:
+    """(diff_id, size as served) of each layer of an image."""
+
+    def inspect(*what: str) -> Any:
+        cmd = ["skopeo", "inspect", *what, *([] if tls else ["--tls-verify=false"]), ref]
+        return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+    raw, cfg = inspect("--raw"), inspect("--config")
+    return list(zip(cfg["rootfs"]["diff_ids"], [int(d["size"]) for d in raw["layers"]], strict=True))
+
+
+def test_check_previews_one_package_change_before_any_layer_is_fetched(
+    vm: VM, registries: tuple[Registry, Registry], images: dict[str, str]
+) -> None:
+    """v2 is v1 with tzdata at another version, rechunked: `upgrade --check` names tzdata with both
+    versions and the bytes of the layers the device lacks, and fetches none of them."""
+    open_ = registries[0]
+    open_.push(f"containers-storage:{PREVIEW}", "imagemode/hello:latest")
+    have = {d for d, _ in _layers(f"containers-storage:{V1}")}
+    served = _layers(f"docker://{open_.address}/imagemode/hello:latest", tls=False)
+    want = sum(size for d, size in served if d not in have)
+    missing = sum(1 for d, _ in served if d not in have)
+    assert 0 < missing < len(served) / 4, (missing, len(served))  # the base's layers are v1's own
+    refs = vm.exec("ostree refs --repo=/sysroot/ostree/repo | sort").stdout
+    out = vm.exec("imagemode upgrade --check").stdout
+    booted = vm.exec("dpkg-query -W -f '${Version}' tzdata").stdout.strip()
+    pv = json.loads(vm.exec("imagemode upgrade --check --json").stdout)
+    (row,) = pv["packages"]["downgraded"] or pv["packages"]["upgraded"]
+    assert row["name"] == "tzdata" and row["from"] == booted and row["to"] != booted
+    assert sum(len(v) for v in pv["packages"].values()) == 1, pv["packages"]  # tzdata, and nothing else
+    assert (pv["download_bytes"], pv["layers_to_download"], pv["layers_total"]) == (
+        want,
+        missing,
+        len(served),
+    )
+    assert f"tzdata {booted} -> {row['to']}" in out, out
+    assert f"in {missing} of {len(served)} layers" in out and "packages: 1 " in out, out
+    assert vm.exec("ostree refs --repo=/sysroot/ostree/repo | sort").stdout == refs  # nothing fetched
+    cached = status(vm)["status"]["booted"]["cachedUpdate"]
+    assert cached["preview"]["downloadBytes"] == want
+    human = vm.exec("imagemode status --format humanreadable").stdout
+    assert f"{want / 1e6:.1f} MB to download; 1 package changes" in human, human
+
+
 def test_check_fills_cached_update(
     vm: VM, registries: tuple[Registry, Registry], images: dict[str, str]
 ) -> None:
@@ -358,9 +416,8 @@ def test_download_only_then_upgrade(vm: VM) -> None:
     p = vm.exec("imagemode upgrade --download-only --json")
     result = json.loads(p.stdout)
     assert result["outcome"] == "downloaded"
-    assert result["layers_fetched"] == 4 and result["layers_total"] == 9, (
-        result
-    )  # hello v2's, and V2X's three
+    total = len(_layers(f"containers-storage:{V2X}"))
+    assert result["layers_fetched"] == 4 and result["layers_total"] == total, result  # v2's, and V2X's three
     st = status(vm)
     assert st["status"]["staged"]["downloadOnly"] is True
     assert st["status"]["staged"]["image"]["version"] == "2"

@@ -343,6 +343,7 @@ def build(opts: BaseOptions, progress: Progress) -> BaseResult:
         os_layers: list[tuple[str, Path, Blob]] = [("os", layer_dir / "layer.tar", os_blob)]
         label: chunk_label.ChunkLabel | None = None
         patches: tuple[str, ...] = ()
+        prior = None
         if opts.single_layer:
             progress.skipped("chunk", "--single-layer: the OS is one layer")
         else:
@@ -364,7 +365,12 @@ def build(opts: BaseOptions, progress: Progress) -> BaseResult:
                 layout.add_file(path, blob)
             layout.add_file(work / "imagemode.tar", top)
             labels = _labels(opts.spec, lock, key, record["debian_version"])
+            pairs = [(b, b.digest) for _, _, b in os_layers] + [(top, top.digest)]
             if label is not None:
+                # The label describes every layer, imagemode's own too: a device that finds more layers
+                # than it names knows that its package list may not be the whole story.
+                label = replace(label, layers=(*label.layers, "imagemode"))
+                label = chunked.settle(label, [d for _, d in pairs], prior)
                 labels[chunk_label.KEY] = label.to_json()
             what = f"Debian {opts.spec.release}, {record['packages']} packages (cache key {key[:12]})"
             config = {
@@ -383,7 +389,6 @@ def build(opts: BaseOptions, progress: Progress) -> BaseResult:
                     {"created": iso_time(epoch), "created_by": f"imagemode {imagemode.__version__}"},
                 ],
             }  # fmt: skip
-            pairs = [(b, b.digest) for _, _, b in os_layers] + [(top, top.digest)]
             manifest = layout.write_image(pairs, config, "latest")
             src = ImageRef(Transport.OCI, path=str(layout.path), tag="latest")
             storage.copy(src, opts.tag)

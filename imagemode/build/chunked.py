@@ -120,12 +120,9 @@ def chunk(
     _gc(store)
     for p in plan.patches:
         say(f"patch for {p.component}: {p.changed_bytes} bytes over the base {p.base[:19]}")
-    label = plan.label(scan.packages, prior.prior if prior else None)
-    if prior is not None and _same(label, layers, prior.prior):
-        label = replace(label, prior=prior.prior.label.prior)  # the prior build again: its history stands
     return Chunked(
         tuple(layers),
-        label,
+        plan.label(scan.packages, prior.prior if prior else None),
         len(scan.components),
         len(reused),
         tuple(p.component for p in plan.patches),
@@ -133,13 +130,19 @@ def chunk(
     )
 
 
-def _same(
-    label: chunk_label.ChunkLabel, layers: list[tuple[str, Path, Blob]], prior: chunk_plan.Prior
-) -> bool:
-    n = len(prior.label.layers)
-    return label.layers == prior.label.layers and [b.digest for _, _, b in layers] == list(
-        prior.diff_ids[:n]
-    )
+def settle(
+    label: chunk_label.ChunkLabel, diff_ids: list[str], prior: PriorImage | None
+) -> chunk_label.ChunkLabel:
+    """The label of the finished image (`diff_ids`: all its layers). When the image is its prior again,
+    layer for layer, the prior's own history stands: so a rebuild from the same inputs, whose prior
+    is the image itself, gives the same image."""
+    if (
+        prior is not None
+        and label.layers == prior.prior.label.layers
+        and diff_ids == list(prior.prior.diff_ids)
+    ):
+        return replace(label, prior=prior.prior.label.prior)
+    return label
 
 
 def _cached(store: Path, diff_id: str) -> Path:

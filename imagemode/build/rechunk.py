@@ -32,6 +32,8 @@ from imagemode.oci import manifest as oci_manifest
 from imagemode.oci import storage
 from imagemode.oci.layout import Layout, write_layer
 from imagemode.oci.reference import ImageRef, Transport, local_tag
+from imagemode.run import RunError
+from imagemode.store import fetch
 from imagemode.ui import human_size
 
 
@@ -108,12 +110,22 @@ def _prior(opts: RechunkOptions, source: ImageRef) -> chunked.PriorImage | None:
     return chunked.default_prior(opts.tag) or chunked.read_prior(source)
 
 
+def _read(src: ImageRef, shown: ImageRef) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The image's manifest and config, checked."""
+    try:
+        manifest = oci_manifest.manifest(storage.inspect_raw(src), f"{shown.spec}: manifest")
+        cfg_raw = storage.inspect_raw(src, config=True)
+        return manifest, oci_manifest.config(cfg_raw, len(manifest["layers"]), f"{shown.spec}: config")
+    except RunError as e:
+        raise ImagemodeError(f"cannot read {shown.spec}: {fetch.cause(e)}") from None
+
+
 def rechunk(opts: RechunkOptions, say: Callable[[str], None] = lambda s: None) -> RechunkResult:
     t0 = time.monotonic()
+    if opts.image.transport is Transport.CONTAINERS_STORAGE and not storage.exists(opts.image):
+        raise storage.ImageNotFoundError(f"image {opts.image} is not in local containers-storage")
     with _local(opts.image) as src:
-        cfg_raw = storage.inspect_raw(src, config=True)
-        manifest = oci_manifest.manifest(storage.inspect_raw(src), f"{src}: manifest")
-        config = oci_manifest.config(cfg_raw, len(manifest["layers"]), f"{src}: config")
+        manifest, config = _read(src, opts.image)
         epoch = opts.source_date_epoch if opts.source_date_epoch is not None else _epoch(config)
         prior = _prior(opts, src)
         opts.cache_dir.joinpath("work").mkdir(parents=True, exist_ok=True)
@@ -126,7 +138,7 @@ def rechunk(opts: RechunkOptions, say: Callable[[str], None] = lambda s: None) -
             say("grouping by source package" + (f", keeping the slots of {prior.ref.spec}" if prior else ""))
             done = chunked.chunk(flat, epoch, prior, work, opts.cache_dir, say, opts.rebase)
             flat.unlink()
-            digest = _write(work, config, done, epoch, opts.tag)
+            digest = _write(work, config, done, epoch, opts.tag, prior)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     info = storage.inspect(opts.tag)
@@ -145,7 +157,14 @@ def rechunk(opts: RechunkOptions, say: Callable[[str], None] = lambda s: None) -
     )
 
 
-def _write(work: Path, config: dict[str, Any], done: chunked.Chunked, epoch: int, tag: ImageRef) -> str:
+def _write(
+    work: Path,
+    config: dict[str, Any],
+    done: chunked.Chunked,
+    epoch: int,
+    tag: ImageRef,
+    prior: chunked.PriorImage | None,
+) -> str:
     """The chunked image into containers-storage under `tag`; returns its manifest digest."""
     from imagemode.oci.layout import iso_time
 
@@ -155,7 +174,9 @@ def _write(work: Path, config: dict[str, Any], done: chunked.Chunked, epoch: int
     new = json.loads(json.dumps(config))  # the image's own settings: Cmd, Env, Labels, StopSignal...
     inner = new.setdefault("config", {})
     labels = dict(inner.get("Labels") or {})
-    labels[chunk_label.KEY] = done.label.to_json()
+    labels[chunk_label.KEY] = chunked.settle(
+        done.label, [b.digest for _, _, b in done.layers], prior
+    ).to_json()
     inner["Labels"] = labels
     created = new.get("created") or iso_time(epoch)
     new["history"] = [

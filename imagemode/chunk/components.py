@@ -25,11 +25,11 @@ from __future__ import annotations
 import hashlib
 import re
 import tarfile
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO
 
 from imagemode.chunk.label import PACKAGE, VERSION_TEXT
+from imagemode.chunk.packages import paragraphs
 
 INITRAMFS = "@initramfs"
 VOLATILE = "@volatile"
@@ -126,17 +126,6 @@ def _read(tar: tarfile.TarFile, entry: Entry | None, limit: int = MAX_DB_FILE) -
     return f.read().decode("utf-8", "surrogateescape") if f is not None else ""
 
 
-def _paragraphs(text: str) -> Iterable[dict[str, str]]:
-    for para in text.split("\n\n"):
-        fields: dict[str, str] = {}
-        for line in para.splitlines():
-            if line[:1] not in (" ", "\t", "") and ":" in line:
-                k, _, v = line.partition(":")
-                fields[k] = v.strip()
-        if fields:
-            yield fields
-
-
 class _Dpkg:
     """The dpkg database of the tree, read out of the tar."""
 
@@ -147,7 +136,7 @@ class _Dpkg:
         self.md5: dict[str, set[str]] = {}  # md5 -> sources with a file of those bytes
         if db is None:
             return
-        for p in _paragraphs(_read(tar, by_name.get(f"{db}/status"))):
+        for p in paragraphs(_read(tar, by_name.get(f"{db}/status"))):
             name, version = p.get("Package", ""), p.get("Version", "")
             if not p.get("Status", "").endswith(" installed") or not PACKAGE.match(name):
                 continue

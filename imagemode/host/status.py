@@ -177,6 +177,13 @@ def human(status: dict[str, Any]) -> str:
             f"  Update available: {cu['image']['image']} {cu['imageDigest']}"
             f" (version {cu.get('version') or '-'})"
         )
+        pv = cu.get("preview")
+        if isinstance(pv, dict):
+            changes = pv.get("packages")
+            what = (f"{sum(len(v) for v in changes.values())} package changes" if isinstance(changes, dict)
+                    else "package changes not known")  # fmt: skip
+            lines.append(f"{'':>4}{int(pv.get('downloadBytes') or 0) / 1e6:.1f} MB to download; {what}"
+                         " (imagemode upgrade --check lists them)")  # fmt: skip
     if st["rollbackQueued"]:
         lines.append("  Rollback queued: the rollback deployment boots next.")
     return "\n".join(lines).rstrip() + "\n"

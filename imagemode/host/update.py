@@ -30,7 +30,7 @@ from imagemode.embed import bound as bound_images
 from imagemode.errors import ImagemodeError
 from imagemode.health import config as health_config
 from imagemode.health import state as health_state
-from imagemode.host import bound, decisions, etc, origin, progress, prune
+from imagemode.host import bound, decisions, etc, origin, preview, progress, prune
 from imagemode.host import ostree_api as api
 from imagemode.host import sysroot as sr
 from imagemode.host.decisions import Outcome
@@ -77,9 +77,15 @@ class UpdateResult:
     tries: int = 0  # boots the staged deployment gets to become healthy (docs/health.md)
     failed_at: str = ""  # FAILED_BEFORE: when, and why
     failed_reason: str = ""
+    preview: preview.Preview | None = None  # AVAILABLE: what it would download and change
+    next_step: str = "imagemode upgrade"  # what stages it (AVAILABLE)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+        d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+        del d["preview"], d["next_step"]
+        if self.preview is not None:
+            d.update(self.preview.to_dict())
+        return d
 
     def human(self) -> str:
         what = f"{self.image} {self.digest}" + (f" (version {self.version})" if self.version else "")
@@ -87,7 +93,8 @@ class UpdateResult:
             case Outcome.NO_UPDATE:
                 return f"no update available: {what} is booted"
             case Outcome.AVAILABLE:
-                return f"update available: {what}\n  imagemode upgrade stages it"
+                shown = self.preview.lines() if self.preview is not None else []
+                return "\n  ".join([f"update available: {what}", *shown, f"{self.next_step} stages it"])
             case Outcome.RETARGETED:
                 return (f"{self.image} is the booted image under another name: staged a deployment that"
                         " follows it (nothing fetched); it boots at the next restart")  # fmt: skip
@@ -302,8 +309,10 @@ def _update(
         remote = fetch.inspect(target, authfile, trust=trust)
         booted_image = sr.origin_of(booted).image
 
-        def said(outcome: Outcome, staged: str = "") -> UpdateResult:
-            return UpdateResult(outcome, target.skopeo, remote.digest, remote.version, staged=staged)
+        def said(outcome: Outcome, staged: str = "", shown: preview.Preview | None = None) -> UpdateResult:
+            step = "imagemode upgrade" if opts.image is None else f"imagemode switch {target.spec}"
+            return UpdateResult(outcome, target.skopeo, remote.digest, remote.version, staged=staged,
+                                preview=shown, next_step=step)  # fmt: skip
 
         failed = health_state.failed_image(remote.digest)
         plan = decisions.plan_update(decisions.UpdateFacts(
@@ -335,8 +344,19 @@ def _update(
             return UpdateResult(Outcome.RETARGETED, target.skopeo, remote.digest, remote.version,
                                 staged=serial, tries=tries)  # fmt: skip
         if plan.outcome not in (Outcome.STAGED, Outcome.DOWNLOADED):
-            if plan.cached_update is True:
-                atomic.write(sr.CACHED_UPDATE, (json.dumps(_image_status(remote)) + "\n").encode())
+            # What it would download and change, before a layer is fetched (docs/chunking.md)
+            shown = (
+                preview.preview(Repo(sr.REPO), booted.get_csum(), remote)
+                if plan.outcome is Outcome.AVAILABLE
+                else None
+            )
+            # cachedUpdate is about the image the device follows; a switch --check elsewhere is not it
+            follows = opts.image is None or target.spec == sr.origin_of(staged or booted).image
+            if plan.cached_update is True and follows:
+                cached = _image_status(remote)
+                if shown is not None:
+                    cached["preview"] = shown.status()
+                atomic.write(sr.CACHED_UPDATE, (json.dumps(cached) + "\n").encode())
             elif plan.cached_update is False:
                 sr.CACHED_UPDATE.unlink(missing_ok=True)
             if plan.outcome is Outcome.ALREADY_STAGED:
@@ -345,7 +365,7 @@ def _update(
                     _unlock_download(staged)
                 d = sr.describe(sysroot, staged, staged=True)
                 return said(plan.outcome, d.id)
-            return said(plan.outcome)
+            return said(plan.outcome, shown=shown)
         tries = health_config.load().tries  # a broken health.toml stops the update before it starts
         repo = Repo(sr.REPO)
         sr.WORK.mkdir(parents=True, exist_ok=True)
