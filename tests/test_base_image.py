@@ -211,7 +211,9 @@ def test_same_lock_list_gives_same_tree(
     lock = tmp_path / "lock.json"
     lock.write_text((mounted_base / "usr/lib/imagemode/packages.lock.json").read_text())
     tag = "localhost/imagemode/debian:determinism"
-    p = imagemode("build", "base", "--lock", str(lock), "--no-cache", "-t", tag, "--json")
+    # --prior: the slots of the image it reproduces (docs/base-image.md)
+    args = ("--lock", str(lock), "--no-cache", "--prior", BASE_TAG, "-t", tag, "--json")
+    p = imagemode("build", "base", *args)
     again = json.loads(p.stdout)
     try:
         assert again["cached"] is False

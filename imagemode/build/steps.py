@@ -86,6 +86,10 @@ def bootstrap(ctx: BuildContext) -> None:
     cmd: list[str | os.PathLike[str]] = [
         "mmdebstrap", "--mode=root", "--variant=minbase", f"--architectures={ctx.spec.architecture}",
         "--format=directory", "--aptopt=Acquire::Retries \"2\"",
+        # mmdebstrap's essential phase takes the newest candidates; a lock pinning an older one of them
+        # (libsystemd0 for systemd one security update back) is a downgrade. The verify step still
+        # checks every version against the lock list.
+        "--aptopt=APT::Get::allow-downgrades \"true\"",
         f"--include={','.join(ctx.lock.pins())}",
         *[f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES],
         *[f"--dpkgopt=path-include={p}" for p in DPKG_INCLUDES],
