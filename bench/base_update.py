@@ -28,15 +28,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import replace
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from upgrade import SENT, serve  # noqa: E402  (bench/upgrade.py: the counting HTTP server)
 
 from imagemode.build import apt, base  # noqa: E402
 from imagemode.build.spec import BaseSpec, Lock  # noqa: E402
@@ -130,27 +130,6 @@ class _Version(str):
 
 
 # ---- what a device downloads ------------------------------------------------------------------------
-
-
-SENT = [0]
-
-
-def serve(directory: Path, port: int) -> ThreadingHTTPServer:
-    class Counting(SimpleHTTPRequestHandler):
-        def __init__(self, *args: Any, **kw: Any) -> None:
-            super().__init__(*args, directory=str(directory), **kw)
-
-        def copyfile(self, source: Any, outputfile: Any) -> None:
-            data = source.read()
-            SENT[0] += len(data)
-            outputfile.write(data)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", port), Counting)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
 
 
 def push(registry: Registry, tag: str, name: str) -> str:

@@ -104,6 +104,9 @@ PROGRESS_FD = opt("--progress-fd", type=int, metavar="N",
                   help="progress as JSON lines (bootc's progress-v0) on open descriptor N")  # fmt: skip
 READ_ONLY = flag("--read-only", help="mount the overlay read-only (remount it writable in a mount namespace "
                  "of your own)")  # fmt: skip
+ANY_IMAGE = opt("image", metavar="IMAGE", help="a local image, or oci:DIR, oci-archive:FILE, docker://REF")
+REBASE = flag("--rebase", help="no patch layers: ship every changed package's layer whole (the base of "
+              "later patches; docs/chunking.md)")  # fmt: skip
 FORMAT_VERSION = opt("--format-version", type=int, choices=(0, 1), metavar="N",
                      help="the status format: 0 and 1 are the one version (as bootc has it)")  # fmt: skip
 
@@ -128,8 +131,7 @@ BASE = (
         help="cache for package lists, .debs and OS layers (default: %(default)s)"),
     opt("--prior", metavar="REF", help="keep the layer slots of this earlier build, any transport "
         "(default: the image now under the tag; docs/chunking.md)"),
-    flag("--rebase", help="no patch layers: ship every changed package's layer whole (the base of later "
-         "patches)"),
+    REBASE,
     flag("--single-layer", help="write the OS as one layer, not grouped by package"),
 )  # fmt: skip
 
@@ -168,11 +170,11 @@ VERBS: tuple[Verb, ...] = (
          "the rest in bins, every component in the slot it had in the prior build (docs/chunking.md). A "
          "derived image that changes one package then costs its devices that package, not the image.",
          c.rechunk, (
-             opt("image", metavar="IMAGE", help="a local image, or oci:DIR, oci-archive:FILE, docker://REF"),
+             ANY_IMAGE,
              opt("-t", "--tag", required=True, help="tag of the chunked image"),
              opt("--prior", metavar="REF", help="keep the slots of this build (default: the image now under "
                  "the tag, else the slots IMAGE inherits from its chunked base)"),
-             flag("--rebase", help="no patch layers: ship every changed package's layer whole"),
+             REBASE,
              opt("--source-date-epoch", type=int, metavar="N",
                  help="the time of files the build made (default: IMAGE's created time)"),
              JSON,
@@ -209,7 +211,7 @@ VERBS: tuple[Verb, ...] = (
          "(standalone GRUB) and an ext4 root, without loop devices or mounts. The image is linted first. "
          "Files appear in the output directory only when complete.",
          c.disk, (
-             opt("image", metavar="IMAGE", help="a local image, or oci:DIR, oci-archive:FILE, docker://REF"),
+             ANY_IMAGE,
              opt("--type", action="append", default=[], metavar="TYPE",
                  help="raw, qcow2 (default), vmdk or vhd; repeatable"),
              opt("--config", metavar="config.toml", help="customizations in bootc-image-builder's format"),

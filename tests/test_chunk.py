@@ -299,7 +299,9 @@ def tree_of(current: chunk_plan.Fingerprints, **elsewhere: tuple[int, str, bool]
     where = {
         bytes([int(k[1:])]) * 6: (bytes([c]) * 6, comp, is_dir) for k, (c, comp, is_dir) in elsewhere.items()
     }
-    return chunk_plan.Tree({"perl": current}, {"perl": dict.fromkeys(current, 100)}, where.get)
+    return chunk_plan.Tree(
+        {"perl": current}.__getitem__, {"perl": dict.fromkeys(current, 100)}.__getitem__, where.get
+    )
 
 
 def test_a_small_change_is_a_patch() -> None:

@@ -122,8 +122,8 @@ class Patch:
 class Tree:
     """What the patch decision reads: the component's entries now, and the whole tree by path hash."""
 
-    current: Mapping[str, Fingerprints]  # component -> fingerprints of its layer now
-    sizes: Mapping[str, Mapping[bytes, int]]  # component -> path hash -> bytes of a regular file
+    current: Callable[[str], Fingerprints]  # component -> fingerprints of its layer now
+    sizes: Callable[[str], Mapping[bytes, int]]  # component -> path hash -> bytes of a regular file
     # path hash -> (content hash, component or "" for a parent directory, is a directory)
     lookup: Callable[[bytes], tuple[bytes, str, bool] | None]
 
@@ -131,7 +131,7 @@ class Tree:
 def decide_patch(name: str, size: int, base: bytes, base_id: str, tree: Tree) -> Patch | None:
     """A patch over the prior base, or None: ship the component whole (unchanged, or a rebase)."""
     old = _unpack(base)
-    now = tree.current[name]
+    now = tree.current(name)
     changed = frozenset(h for h, c in now.items() if old.get(h) != c)
     if not changed:
         return None
@@ -143,7 +143,8 @@ def decide_patch(name: str, size: int, base: bytes, base_id: str, tree: Tree) ->
         found = tree.lookup(h)
         if found is None or not found[2] or found[0] != content:
             return None
-    changed_bytes = sum(tree.sizes[name].get(h, 0) for h in changed)
+    sizes = tree.sizes(name)
+    changed_bytes = sum(sizes.get(h, 0) for h in changed)
     if changed_bytes > PATCH_CAP * size:
         return None
     return Patch(name, base_id, changed, changed_bytes)

@@ -46,6 +46,7 @@ class Contents:
         self.scan = scan
         self._data: dict[str, bytes] = {}
         self._by_hash: dict[bytes, Entry] | None = None
+        self._fingerprints: dict[str, chunk_plan.Fingerprints] = {}
 
     def target(self, e: Entry) -> Entry:
         """The entry whose bytes a hard link shares (the entry itself otherwise)."""
@@ -77,25 +78,27 @@ class Contents:
         return [e for e in self.scan.entries if e.name in wanted]
 
     def fingerprints(self, component: str) -> chunk_plan.Fingerprints:
-        return {path_hash(e.name): self.content_hash(e) for e in self.layer(component)}
+        if component not in self._fingerprints:
+            self._fingerprints[component] = {
+                path_hash(e.name): self.content_hash(e) for e in self.layer(component)
+            }
+        return self._fingerprints[component]
+
+    def sizes(self, component: str) -> dict[bytes, int]:
+        """path hash -> bytes, of the component's regular files (and of its hard links' targets)."""
+        return {path_hash(e.name): self.target(e).info.size for e in self.scan.components[component].entries
+                if self.target(e).info.isreg()}  # fmt: skip
 
     def tree(self) -> chunk_plan.Tree:
         if self._by_hash is None:
             self._by_hash = {path_hash(e.name): e for e in self.scan.entries}
         by_hash = self._by_hash
-        current = {}
-        sizes: dict[str, dict[bytes, int]] = {}
-        for name, c in self.scan.components.items():
-            if c.size >= chunk_plan.PATCH_MIN:
-                current[name] = self.fingerprints(name)
-                sizes[name] = {path_hash(e.name): self.target(e).info.size for e in c.entries
-                               if self.target(e).info.isreg()}  # fmt: skip
 
         def lookup(h: bytes) -> tuple[bytes, str, bool] | None:
             e = by_hash.get(h)
             return None if e is None else (self.content_hash(e), e.component, e.is_dir)
 
-        return chunk_plan.Tree(current, sizes, lookup)
+        return chunk_plan.Tree(self.fingerprints, self.sizes, lookup)
 
 
 @dataclass

@@ -44,14 +44,8 @@ class Preview:
         }
 
     def status(self) -> dict[str, Any]:
-        """For status's cachedUpdate (camelCase, as bootc's status is written)."""
-        return {
-            "downloadBytes": self.download_bytes,
-            "layersToDownload": self.layers_to_download,
-            "layersTotal": self.layers_total,
-            "packages": self.changes.to_dict() if self.changes is not None else None,
-            "packagesNote": self.note or None,
-        }
+        """For status's cachedUpdate: the same, camelCase, as bootc's status is written."""
+        return {_camel(k): v for k, v in self.to_dict().items()}
 
     def lines(self) -> list[str]:
         out = [f"to download: {human_size(self.download_bytes)} in {self.layers_to_download} of"
@@ -65,6 +59,11 @@ class Preview:
         if len(rows) > SHOWN:
             out.append(f"  ... and {len(rows) - SHOWN} more (--json lists them all)")
         return out
+
+
+def _camel(key: str) -> str:
+    first, *rest = key.split("_")
+    return first + "".join(w.title() for w in rest)
 
 
 def booted_packages(repo: Repo, commit: str) -> dict[str, str] | None:
