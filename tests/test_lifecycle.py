@@ -395,6 +395,13 @@ def test_check_previews_one_package_change_before_any_layer_is_fetched(
     assert cached["preview"]["downloadBytes"] == want
     human = vm.exec("imagemode status --format humanreadable").stdout
     assert f"{want / 1e6:.1f} MB to download; 1 package changes" in human, human
+    # Another image, built FROM v1 without --rechunk: its inherited label does not name its own layers,
+    # so no package list is claimed for it, and cachedUpdate (the followed image's) stays as it was.
+    other = json.loads(vm.exec(f"imagemode switch --check --json {OPEN}/imagemode/hello:conflict").stdout)
+    assert other["outcome"] == "update-available" and other["packages"] is None
+    assert "may change packages" in other["packages_note"]
+    assert status(vm)["status"]["booted"]["cachedUpdate"] == cached
+    assert vm.exec("ostree refs --repo=/sysroot/ostree/repo | sort").stdout == refs
 
 
 def test_check_fills_cached_update(

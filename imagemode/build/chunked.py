@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
 import os
 import shutil
 import tarfile
@@ -70,10 +71,15 @@ def read_prior(ref: ImageRef, tls_verify: bool = True) -> PriorImage | None:
 
 
 def default_prior(tag: ImageRef) -> PriorImage | None:
-    """The image now under the tag being built, if it is a chunked one: its slots are kept."""
+    """The image now under the tag being built, if it is a chunked one: its slots are kept. One whose
+    label fails its checks (not imagemode's) is no prior: the slots start afresh, once."""
     if tag.transport is not Transport.CONTAINERS_STORAGE or not storage.exists(tag):
         return None
-    return read_prior(tag)
+    try:
+        return read_prior(tag)
+    except ChunkError as e:
+        logging.getLogger(__name__).warning("%s; its slots are not kept", str(e).removeprefix("--prior "))
+        return None
 
 
 @dataclass(frozen=True)

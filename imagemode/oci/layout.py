@@ -104,7 +104,6 @@ class LayerWriter:
         self._raw = open(dest, "wb")  # noqa: SIM115
         self._hw = _HashingWriter(self._raw)
         self._tar = tarfile.open(fileobj=self._hw, mode="w|", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]  # noqa: SIM115
-        self.count = 0
 
     def tarinfo(self, path: str, arcname: str) -> tarfile.TarInfo | None:
         """The entry for a file on disk; a second name of an inode already written is a hard link."""
@@ -113,7 +112,6 @@ class LayerWriter:
 
     def add(self, ti: tarfile.TarInfo, data: IO[bytes] | None = None) -> None:
         self._tar.addfile(ti, data)
-        self.count += 1
 
     def close(self) -> Blob:
         self._tar.close()

@@ -3,7 +3,8 @@
 1. skopeo copies the image (any transport) into an OCI layout, keeping its manifest digest. Layers
    the store has are not copied (imagemode.store.fetch).
 2. Each layer not yet in the repo is extracted (imagemode.store.layers) and committed under
-   `imagemode/layer/<diff_id>`; its whiteouts travel in that commit's metadata.
+   `imagemode/layer/<diff_id>`, all of them in one repository transaction; its whiteouts travel in
+   that commit's metadata.
 3. The layer commits are composed into one tree inside libostree, each after its whiteouts are
    applied, and given the ostree layout (imagemode.store.compose).
 4. The tree is committed with the manifest digest, config and reference as metadata. `status` reads
@@ -144,7 +145,8 @@ def import_oci(
     descs = img.manifest["layers"]
     made: list[str] = []  # layer refs this import added: a refused image takes them away again
     try:
-        # One transaction for the layers: a layer is in the store when all of them are.
+        # One transaction for the layers: a layer is in the store when all of them are. Its refs are
+        # not seen until it commits, so a layer named twice in one image is committed once by name.
         with layers.transaction(repo):
             for i, (desc, diff_id) in enumerate(zip(descs, img.diff_ids, strict=True)):
                 new = diff_id not in img.diff_ids[:i] and _layer_commit(repo, img, desc, diff_id, work)

@@ -329,12 +329,16 @@ def transaction(repo: Repo) -> Iterator[None]:
     transaction costs a sync and the renames of its staged objects: importing the 76 layers of the
     chunked base took 18.5 s in a transaction each and 11.5 s in one (docs/chunking.md). A failure
     anywhere aborts it, and no layer of it is left in the store."""
+    g = gi()
     handle = repo.handle
     handle.prepare_transaction(None)
     repo.in_transaction = True
     try:
         yield
         handle.commit_transaction(None)
+    except g.GLib.Error as e:  # the commit itself failed: a full disk, say
+        handle.abort_transaction(None)
+        raise LayerError(f"cannot store the layers: {e.message}") from None
     except BaseException:
         handle.abort_transaction(None)
         raise
