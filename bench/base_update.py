@@ -283,6 +283,8 @@ def main() -> None:
                 row["ratio_chunked_to_ostree"] = round(row["chunked"]["bytes"] / native, 2)
                 row["ratio_patched_to_ostree"] = round(row["patched"]["bytes"] / native, 2)
                 row["single_over_chunked"] = round(row["single"]["bytes"] / row["chunked"]["bytes"], 1)
+                if any(s.startswith("patch:") for s, _ in layer_slots(tags["v2-chunked"])):
+                    raise SystemExit(f"{source}: the --rebase build has a patch layer")
                 had = {d for _, d in layer_slots(tags["v1"])}
                 for variant in ("chunked", "patched"):
                     row[variant]["changed_slots"] = [

@@ -350,7 +350,7 @@ def build(opts: BaseOptions, progress: Progress) -> BaseResult:
             with progress.step("chunk", "group the OS tree into layers by source package"):
                 prior = chunked.read_prior(opts.prior) if opts.prior else chunked.default_prior(opts.tag)
                 done = chunked.chunk(
-                    layer_dir / "layer.tar", epoch, prior, work, opts.cache_dir, progress.line
+                    layer_dir / "layer.tar", epoch, prior, work, opts.cache_dir, progress.line, opts.rebase
                 )
                 os_layers, label, patches = list(done.layers), done.label, done.patches
                 progress.line(f"{len(done.layers)} layers from {done.components} components"
