@@ -334,14 +334,14 @@ def test_a_base_holding_what_the_tree_lost_or_moved_is_rebased() -> None:
 
 
 def chunked(
-    flat: Path, out: Path, prior: chunk_plan.Prior | None = None, epoch: int = EPOCH
+    flat: Path, out: Path, prior: chunk_plan.Prior | None = None, epoch: int = EPOCH, patches: bool = True
 ) -> tuple[list[write.Written], chunk_label.ChunkLabel]:
     out.mkdir(exist_ok=True)
     with tarfile.open(flat, "r:") as tar:
         scan = components.scan(tar)
         contents = write.Contents(tar, scan)
         plan = chunk_plan.make([chunk_plan.Size(c.name, c.size) for c in scan.components.values()], prior,
-                               scan.kernel, contents.fingerprints, contents.tree)  # fmt: skip
+                               scan.kernel, contents.fingerprints, contents.tree, patches)  # fmt: skip
         ws = write.write(tar, scan, plan, out, epoch, contents)
     return ws, plan.label(scan.packages, prior)
 
@@ -448,6 +448,10 @@ def test_a_patch_ships_the_changed_files_over_the_kept_base(tmp_path: Path, smal
     assert tree_checksum(tmp_path, "patched", layers_of(ws2, base)) == tree_checksum(
         tmp_path, "v2", [whole(flat2)]
     )
+    # a rebase ships perl whole instead, and its fingerprints become the next base
+    ws4, lab4 = chunked(flat2, tmp_path / "d", prior, patches=False)
+    assert not [w for w in ws4 if w.plan.slot.startswith("patch:") or w.plan.reuse] and not lab4.patched
+    assert lab4.bases["perl"] != lab1.bases["perl"]
     # built again over the patched build: the same layers (the patch is cumulative, not stacked)
     prior2 = chunk_plan.Prior(lab2, tuple(b.digest for _, b in layers_of(ws2, base)), "sha256:" + "2" * 64)
     ws3, _ = chunked(flat2, tmp_path / "c", prior2)
