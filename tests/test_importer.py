@@ -138,3 +138,48 @@ def test_ref_for() -> None:
     assert (
         importer.ref_for("docker://127.0.0.1:5000/os:v2") == "imagemode/image/docker_/127.0.0.1_5000/os_v2"
     )
+
+
+def test_one_pass_merge_is_the_layer_by_layer_compose(tmp_path: Path) -> None:
+    """Layers without whiteouts are merged in one pass (compose.Tree.merge): the tree must be the one
+    that applying them one by one gives, type changes included: a file over a directory, a directory
+    over a file, a link over a directory, a directory that two layers share with other metadata."""
+    from imagemode.store import layers
+
+    def layer(n: int, build: dict[str, str | None]) -> str:
+        root = tmp_path / f"l{n}"
+        for rel, content in build.items():
+            p = root / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            if content is None:
+                p.mkdir(exist_ok=True)
+            elif content.startswith("->"):
+                p.symlink_to(content[2:])
+            else:
+                p.write_text(content)
+        (root / "shared").chmod(0o700 + n)  # each layer says other metadata for /shared
+        blob = write_layer(root, tmp_path / f"l{n}.tar", 1_700_000_000)
+        layers.commit_layer(repo, tmp_path / f"l{n}.tar", f"l/{n}", digest=blob.digest, diff_id=blob.digest)
+        return f"l/{n}"
+
+    repo = Repo(tmp_path / "repo").ensure()
+    revs = [
+        layer(0, {"shared/a": "a0", "dir-then-file/x": "x", "file-then-dir": "f", "dir-then-link/y": "y",
+                  "only0/deep/z": "z", "kept/k": "k"}),
+        layer(1, {"shared/b": "b1", "dir-then-file": "now a file", "file-then-dir/inside": "i",
+                  "dir-then-link": "->only0"}),
+        layer(2, {"shared/a": "a2", "kept/k2": "k2", "file-then-dir/more": "m", "only2": None}),
+    ]  # fmt: skip
+
+    def composed(one_by_one: bool) -> str:
+        with compose.transaction(repo) as tree:
+            if one_by_one:
+                for r in revs:
+                    tree.add_layer(r, layers.Whiteouts())
+            else:
+                tree.add_layers([(r, layers.Whiteouts()) for r in revs])
+            _, root = repo.handle.write_mtree(tree.root, None)
+            return str(root.tree_get_contents_checksum()) + str(root.tree_get_metadata_checksum())
+
+    merged = composed(one_by_one=False)
+    assert len(merged) == 128 and merged == composed(one_by_one=True)

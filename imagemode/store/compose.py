@@ -1,11 +1,12 @@
 """Layer commits → one image tree, composed inside libostree: no file is checked out, read or copied.
 
-The first layer's tree is taken by reference (a lazy MutableTree over its dirtree object). Each later
-layer first has its whiteouts applied, then is written over the tree, which expands only the
-directories that it touches. Then the ostree layout: /etc moves to /usr/etc and /var to a factory
-copy that a tmpfiles.d file puts in place (both moves are by dirtree checksum), and the empty mount
-points are made. On a device under emulation this replaced 18 s of checkouts, 8 s of deleting them
-and a 5 s commit walk for a one-layer update of the hello example.
+The layers up to the first one with whiteouts are merged in one pass, in which a directory that one layer
+alone has is taken by reference (a lazy MutableTree over its dirtree object) and only the directories
+several layers share are read. Each layer after that first has its whiteouts applied, then is written
+over the tree, which expands only the directories that it touches. Then the ostree layout: /etc moves to
+/usr/etc and /var to a factory copy that a tmpfiles.d file puts in place (both moves are by dirtree
+checksum), and the empty mount points are made. On a device under emulation this replaced 18 s of
+checkouts, 8 s of deleting them and a 5 s commit walk for a one-layer update of the hello example.
 """
 
 from __future__ import annotations
@@ -77,6 +78,68 @@ class Tree:
         parent = self.dir("/".join(parts[:-1]))
         if parent is not None and parts:
             parent.remove(parts[-1], True)
+
+    def add_layers(self, layers: list[tuple[str, Whiteouts]]) -> None:
+        """Every layer, bottom first. The layers up to the first one above the bottom that has
+        whiteouts are merged in one pass (merge()); the rest one by one (add_layer)."""
+        run = 1
+        while run < len(layers) and not (layers[run][1].deleted or layers[run][1].opaque):
+            run += 1
+        if layers and not self.root.get_files() and not self.root.get_subdirs():
+            roots = []
+            for rev, _ in layers[:run]:
+                _, root, _ = self.repo.read_commit(rev, None)
+                roots.append((root.tree_get_contents_checksum(), root.tree_get_metadata_checksum()))
+            self.merge(self.root, roots)
+            layers = layers[run:]
+        for rev, wh in layers:
+            self.add_layer(rev, wh)
+
+    def merge(self, node: Any, sources: list[tuple[str, str]]) -> None:
+        """Fill the empty `node` with the directories `sources` ((dirtree, dirmeta), bottom first) as
+        layers without whiteouts stack: a later entry wins, a file or link over a directory hides it,
+        and a directory over a file replaces it. A directory that one source alone has is taken by
+        reference and never read: a chunked image's layers share little but their parent
+        directories, so its 76 layers compose in the time one takes (docs/chunking.md)."""
+        if len(sources) == 1:
+            node.fill_empty_from_dirtree(self.repo, *sources[0])
+            return
+        node.set_metadata_checksum(sources[-1][1])
+        seen: dict[str, list[tuple[str | None, tuple[str, str] | None]]] = {}
+        for contents, _ in sources:
+            files, dirs = self._entries(contents)
+            for name, csum in files:
+                seen.setdefault(name, []).append((csum, None))
+            for name, sub in dirs:
+                seen.setdefault(name, []).append((None, sub))
+        for name, items in seen.items():
+            top = items[-1][0]
+            if top is not None:
+                node.replace_file(name, top)
+                continue
+            after_file = max((i for i, (f, _) in enumerate(items) if f is not None), default=-1)
+            _, sub = node.ensure_dir(name)
+            self.merge(sub, [d for _, d in items[after_file + 1 :] if d is not None])
+
+    def _entries(self, dirtree: str) -> tuple[list[tuple[str, str]], list[tuple[str, tuple[str, str]]]]:
+        """A dirtree's files (name, checksum) and directories (name, (dirtree, dirmeta))."""
+        _, v = self.repo.load_variant(self.g.OSTree.ObjectType.DIR_TREE, dirtree)
+        hexed = self.g.OSTree.checksum_from_bytes_v
+        files_v, dirs_v = v.get_child_value(0), v.get_child_value(1)
+        files = []
+        for i in range(files_v.n_children()):
+            e = files_v.get_child_value(i)
+            files.append((e.get_child_value(0).get_string(), hexed(e.get_child_value(1))))
+        dirs = []
+        for i in range(dirs_v.n_children()):
+            e = dirs_v.get_child_value(i)
+            dirs.append(
+                (
+                    e.get_child_value(0).get_string(),
+                    (hexed(e.get_child_value(1)), hexed(e.get_child_value(2))),
+                )
+            )
+        return files, dirs
 
     def add_layer(self, rev: str, whiteouts: Whiteouts) -> None:
         for d in whiteouts.opaque:

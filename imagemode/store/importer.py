@@ -186,9 +186,10 @@ def _compose(
         keys[meta.VERSION] = version
     ref = ref_for(image)
     with compose.transaction(repo) as tree:
-        for diff_id in img.diff_ids:
-            wh = layers.Whiteouts.from_json(repo.metadata(layer_ref(diff_id), meta.WHITEOUTS))
-            tree.add_layer(layer_ref(diff_id), wh)
+        tree.add_layers([
+            (layer_ref(d), layers.Whiteouts.from_json(repo.metadata(layer_ref(d), meta.WHITEOUTS)))
+            for d in img.diff_ids
+        ])  # fmt: skip
         if check_bootable:
             kernels = tree.kernels()
             if len(kernels) != 1:
