@@ -39,6 +39,8 @@ from imagemode.vm.qemu import VM, free_port, overlay  # noqa: E402
 from imagemode.vm.registry import Registry, insecure_conf  # noqa: E402
 
 V1, V2 = "localhost/imagemode/hello:bench-v1", "localhost/imagemode/hello:bench-v2"
+SINGLE_BASE = "localhost/imagemode/debian:bench-single"
+PROFILED = "python3 -m cProfile -s cumtime /usr/bin/imagemode upgrade 2>&1 | head -60"
 REGISTRY, OSTREE_HTTP = "10.0.2.100:5000", "10.0.2.101:8000"
 
 
@@ -77,11 +79,28 @@ def serve(directory: Path, port: int) -> ThreadingHTTPServer:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument(
+        "--single-layer",
+        action="store_true",
+        help="v1 FROM a base built with --single-layer (the baseline before chunking)",
+    )
+    ap.add_argument(
+        "--profile", action="store_true", help="also print where imagemode's upgrade spends its time"
+    )
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-upgrade-"))
     try:
-        sh("imagemode", "build", "base")
-        sh("imagemode", "build", "-t", V1, "examples/hello")
+        hello = work / "hello"
+        shutil.copytree(ROOT / "examples/hello", hello)
+        if a.single_layer:
+            sh("imagemode", "build", "base", "--single-layer", "-t", SINGLE_BASE)
+            cf = hello / "Containerfile"
+            cf.write_text(
+                cf.read_text().replace("FROM localhost/imagemode/debian:12", f"FROM {SINGLE_BASE}")
+            )
+        else:
+            sh("imagemode", "build", "base")
+        sh("imagemode", "build", "-t", V1, str(hello))
         ctx = work / "v2"
         ctx.mkdir()
         (ctx / "changed").write_text(f"changed at {time.time()}\n")
@@ -102,6 +121,16 @@ def main() -> None:
         with Registry() as registry:
             registry.push(f"containers-storage:{V2}", "imagemode/hello:latest")
             fwds = [("10.0.2.100", 5000, registry.port), ("10.0.2.101", 8000, http_port)]
+            if a.profile:  # one boot more: the same upgrade under cProfile, untimed
+                disk = overlay(work / "disk/disk.qcow2", work / "profile.qcow2")
+                with VM(disk, ssh_key=work / "disk/id_ed25519", guestfwds=fwds) as vm:
+                    vm.wait_ssh(900)
+                    conf = "/etc/containers/registries.conf.d/50-bench.conf"
+                    vm.exec(
+                        f"mkdir -p {Path(conf).parent} && printf '%s' '{insecure_conf(REGISTRY)}' > {conf}"
+                    )
+                    print(vm.exec(PROFILED, timeout=1800).stdout, file=sys.stderr)
+                    vm.kill()
             for r in range(a.rounds):
                 for side in ("imagemode", "ostree"):
                     disk = overlay(work / "disk/disk.qcow2", work / f"{side}-{r}.qcow2")

@@ -183,3 +183,36 @@ def test_one_pass_merge_is_the_layer_by_layer_compose(tmp_path: Path) -> None:
 
     merged = composed(one_by_one=False)
     assert len(merged) == 128 and merged == composed(one_by_one=True)
+
+
+def test_the_merged_run_is_kept_and_taken_by_the_next_image(
+    tmp_path: Path, base_layer: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Images on one base: an image whose first layers (no whiteouts) are another's takes their merge
+    from imagemode/merged/KEY instead of merging again, and composes the tree a store without that
+    ref composes."""
+    second = layer_tree(tmp_path / "second", {"etc/second": "2"})
+    extra = layer_tree(tmp_path / "extra", {"usr/share/only-in-b": "b"})
+    a = make_image(tmp_path, "a", [base_layer, second])
+    repo = Repo(tmp_path / "repo").ensure()
+    first = importer.import_oci(repo, a, "a", tmp_path)
+    key = repo.metadata(first.commit, meta.MERGED)
+    assert key and repo.resolve(compose.MERGED_REF + key)
+
+    def no_merge(*args: object) -> None:
+        raise AssertionError("merged again")
+
+    with monkeypatch.context() as m:
+        m.setattr(compose.Tree, "merge", no_merge)
+        again = importer.import_oci(repo, make_image(tmp_path, "a2", [base_layer, second]), "a2", tmp_path)
+    assert repo.metadata(again.commit, meta.MERGED) == key
+
+    def tree(r: Repo, commit: str) -> str:
+        return str(r.handle.read_commit(commit, None)[1].tree_get_contents_checksum())
+
+    assert tree(repo, again.commit) == tree(repo, first.commit)
+    b = make_image(tmp_path, "b", [base_layer, second, extra])  # another run: merged anew
+    got = importer.import_oci(repo, b, "b", tmp_path)
+    assert repo.metadata(got.commit, meta.MERGED) not in (None, key)
+    fresh = Repo(tmp_path / "fresh").ensure()
+    assert tree(repo, got.commit) == tree(fresh, importer.import_oci(fresh, b, "b", tmp_path).commit)

@@ -54,6 +54,16 @@ def test_prune_keeps_deployed_images_and_their_layers() -> None:
     assert doomed == ["imagemode/image/old", layer_ref(d3)]
 
 
+def test_prune_keeps_the_merged_runs_of_kept_images_only() -> None:
+    """imagemode/merged/KEY (a chunked base's layers, merged once) lives as long as an image that
+    names it."""
+    merged = {"c1": "k1", "c2": "k1", "c3": "k3", "c4": ""}
+    refs = ["imagemode/merged/k1", "imagemode/merged/k3", "imagemode/merged/orphan"]
+    images = {"imagemode/image/a": "c1", "imagemode/image/old": "c3"}
+    doomed = refs_to_delete(images, [], {"c1", "c2"}, {}, refs, merged)
+    assert doomed == ["imagemode/image/old", "imagemode/merged/k3", "imagemode/merged/orphan"]
+
+
 def test_what_was_downloaded_is_kept_after_its_deployment_is_gone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -159,7 +159,7 @@ def build(opts: DiskOptions, progress: Progress) -> DiskResult:
         with progress.step(*PLAN[2]):
             sysroot.mkdir()
             deployment = disk_sysroot.deploy(
-                sysroot, repo, imp.commit, importer.ref_for(follows), follows, cmdline, imp.layer_refs,
+                sysroot, repo, imp.commit, importer.ref_for(follows), follows, cmdline, imp.store_refs,
                 signed=enforce,
             )  # fmt: skip
         result = DiskResult(

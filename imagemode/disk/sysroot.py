@@ -25,7 +25,7 @@ def deploy(
     ref: str,
     image: str,
     kargs: list[str],
-    layer_refs: Sequence[str] = (),
+    store_refs: Sequence[str] = (),
     signed: bool = False,
 ) -> Path:
     """Deploy `commit` from `source` into the empty directory `sysroot`. Returns the deployment dir.
@@ -39,9 +39,10 @@ def deploy(
     run(["ostree", f"--repo={repo.path}", "config", "set", "sysroot.bootloader", "none"])
     run(["ostree", f"--repo={repo.path}", "pull-local", source.path, commit])
     run(["ostree", f"--repo={repo.path}", "refs", f"--create={ref}", commit])
-    if layer_refs:
-        # The device's store starts with the image's layers, so its first update fetches only new ones.
-        run(["ostree", f"--repo={repo.path}", "pull-local", source.path, *layer_refs])
+    if store_refs:
+        # The device's store starts with the image's layers (and their merge), so its first update
+        # fetches only new ones.
+        run(["ostree", f"--repo={repo.path}", "pull-local", source.path, *store_refs])
     origin_file = sysroot.parent / "origin"
     origin_file.write_text(origin(image, signed))
     run(["ostree", "admin", "deploy", f"--sysroot={sysroot}", f"--os={STATEROOT}",

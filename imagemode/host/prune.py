@@ -1,20 +1,22 @@
 """What the store keeps: the images of the deployments, and the layers those images are made of.
 
 ostree keeps a deployment's commit alive (its `ostree/B/S/N` ref) but not the import's own refs:
-`imagemode/image/...` for each image and `imagemode/layer/...` for each layer. Those of images that no
-deployment uses any more are removed here, then `ostree prune` frees their objects.
+`imagemode/image/...` for each image, `imagemode/layer/...` for each layer and `imagemode/merged/...` for
+the merged run of a chunked image's layers. Those that no image a deployment uses names any more are
+removed here, then `ostree prune` frees their objects.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from imagemode.host import bound
 from imagemode.host import ostree_api as api
 from imagemode.host import sysroot as sr
-from imagemode.store import importer, meta
+from imagemode.store import compose, importer, meta
 from imagemode.store.ostree import Repo
 from imagemode.ui import human_size
 
@@ -34,13 +36,20 @@ def drop_extra_deployments(sysroot: api.Sysroot) -> int:
 
 
 def refs_to_delete(
-    image_refs: dict[str, str], layer_refs: list[str], deployed: set[str], diff_ids: dict[str, list[str]]
+    image_refs: dict[str, str],
+    layer_refs: list[str],
+    deployed: set[str],
+    diff_ids: dict[str, list[str]],
+    merged_refs: Sequence[str] = (),
+    merged: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """image_refs: ref → commit; diff_ids: commit → its layers. Returns the refs nothing uses."""
+    """image_refs: ref → commit; diff_ids: commit → its layers; merged: commit → the key of its merged
+    run (imagemode.store.compose). Returns the refs nothing uses."""
     doomed = [ref for ref, commit in image_refs.items() if commit not in deployed]
     kept_commits = deployed | {c for r, c in image_refs.items() if r not in doomed}
     needed = {importer.layer_ref(d) for c in kept_commits for d in diff_ids.get(c, [])}
-    return doomed + [r for r in layer_refs if r not in needed]
+    needed |= {compose.MERGED_REF + k for c, k in (merged or {}).items() if k and c in kept_commits}
+    return doomed + [r for r in [*layer_refs, *merged_refs] if r not in needed]
 
 
 def prune_store(sysroot: api.Sysroot, repo: Repo, objects: bool = True) -> tuple[int, int]:
@@ -54,11 +63,14 @@ def prune_store(sysroot: api.Sysroot, repo: Repo, objects: bool = True) -> tuple
     deployed = {d.get_csum() for d in sysroot.get_deployments()} | sr.downloaded()
     image_refs = {r: repo.resolve(r) or "" for r in repo.refs(importer.IMAGE_REF.rstrip("/"))}
     layer_refs = repo.refs(importer.LAYER_REF.rstrip("/"))
+    merged_refs = repo.refs(compose.MERGED_REF.rstrip("/"))
     diff_ids: dict[str, list[str]] = {}
+    merged: dict[str, str] = {}
     for commit in deployed | set(image_refs.values()):
         config = json.loads(repo.metadata(commit, meta.CONFIG) or "{}")
         diff_ids[commit] = config.get("rootfs", {}).get("diff_ids", [])
-    doomed = refs_to_delete(image_refs, layer_refs, deployed, diff_ids)
+        merged[commit] = repo.metadata(commit, meta.MERGED) or ""
+    doomed = refs_to_delete(image_refs, layer_refs, deployed, diff_ids, merged_refs, merged)
     for ref in doomed:
         repo.delete_ref(ref)
     if not objects:

@@ -12,6 +12,7 @@ checkouts, 8 s of deleting them and a 5 s commit walk for a one-layer update of 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import socket
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -23,6 +24,7 @@ from imagemode.store.libostree import child, dirmeta, gi
 from imagemode.store.ostree import Repo
 
 FACTORY_VAR = "usr/share/factory/var"
+MERGED_REF = "imagemode/merged/"  # a merged run of layers, kept for the next image on the same base
 VAR_TMPFILES = "usr/lib/tmpfiles.d/imagemode-factory-var.conf"
 MOUNT_POINTS = ("dev", "proc", "sys", "run", "tmp", "sysroot", "var")
 
@@ -79,21 +81,46 @@ class Tree:
         if parent is not None and parts:
             parent.remove(parts[-1], True)
 
-    def add_layers(self, layers: list[tuple[str, Whiteouts]]) -> None:
+    def add_layers(self, layers: list[tuple[str, Whiteouts]]) -> str | None:
         """Every layer, bottom first. The layers up to the first one above the bottom that has
-        whiteouts are merged in one pass (merge()); the rest one by one (add_layer)."""
+        whiteouts are merged in one pass (merge()); the rest one by one (add_layer).
+
+        The merged run of two layers or more is kept as a commit under `imagemode/merged/KEY`, KEY the
+        sha256 of its layers' refs, and taken from there by the next image that starts with the same
+        run: every image built on one chunked base does. Returns KEY (None for a run of one layer),
+        which the image's commit names, so that prune keeps the merge as long as the image."""
         run = 1
         while run < len(layers) and not (layers[run][1].deleted or layers[run][1].opaque):
             run += 1
+        key = None
         if layers and not self.root.get_files() and not self.root.get_subdirs():
-            roots = []
-            for rev, _ in layers[:run]:
-                _, root, _ = self.repo.read_commit(rev, None)
-                roots.append((root.tree_get_contents_checksum(), root.tree_get_metadata_checksum()))
-            self.merge(self.root, roots)
+            if run > 1:
+                key = hashlib.sha256("\n".join(rev for rev, _ in layers[:run]).encode()).hexdigest()
+            kept = self._resolve(MERGED_REF + key) if key else None
+            if kept is not None:
+                _, root, _ = self.repo.read_commit(kept, None)
+                self.root.fill_empty_from_dirtree(
+                    self.repo, root.tree_get_contents_checksum(), root.tree_get_metadata_checksum()
+                )
+            else:
+                roots = []
+                for rev, _ in layers[:run]:
+                    _, root, _ = self.repo.read_commit(rev, None)
+                    roots.append((root.tree_get_contents_checksum(), root.tree_get_metadata_checksum()))
+                self.merge(self.root, roots)
+                if key is not None:
+                    self.commit(MERGED_REF + key, f"{run} layers merged", {}, 0)
             layers = layers[run:]
         for rev, wh in layers:
             self.add_layer(rev, wh)
+        return key
+
+    def _resolve(self, ref: str) -> str | None:
+        try:
+            _, rev = self.repo.resolve_rev(ref, True)
+        except self.g.GLib.Error:
+            return None
+        return str(rev) if rev else None
 
     def merge(self, node: Any, sources: list[tuple[str, str]]) -> None:
         """Fill the empty `node` with the directories `sources` ((dirtree, dirmeta), bottom first) as

@@ -107,10 +107,14 @@ class ImportResult:
     layers_imported: int
     bytes_fetched: int = 0
     diff_ids: tuple[str, ...] = ()
+    merged: str | None = None  # the key of its merged run of layers (imagemode.store.compose)
 
     @property
-    def layer_refs(self) -> list[str]:
-        return [layer_ref(d) for d in self.diff_ids]
+    def store_refs(self) -> list[str]:
+        """The refs that a store which holds this image keeps beside it: its layers, and the merge of
+        its first layers (a disk's store starts with them, so that its first update merges nothing)."""
+        merged = [compose.MERGED_REF + self.merged] if self.merged else []
+        return [layer_ref(d) for d in self.diff_ids] + merged
 
 
 def layer_ref(diff_id: str) -> str:
@@ -155,6 +159,7 @@ def import_oci(
                 if on_layer:
                     on_layer(i + 1, len(descs), new)
         commit, ref, version = _compose(repo, img, image, check_bootable, digest or img.digest)
+        merged = repo.metadata(commit, meta.MERGED)
     except BaseException:
         for r in made:
             repo.delete_ref(r)
@@ -168,6 +173,7 @@ def import_oci(
         len(descs),
         len(made),
         diff_ids=tuple(img.diff_ids),
+        merged=merged,
     )
 
 
@@ -186,10 +192,12 @@ def _compose(
         keys[meta.VERSION] = version
     ref = ref_for(image)
     with compose.transaction(repo) as tree:
-        tree.add_layers([
+        merged = tree.add_layers([
             (layer_ref(d), layers.Whiteouts.from_json(repo.metadata(layer_ref(d), meta.WHITEOUTS)))
             for d in img.diff_ids
         ])  # fmt: skip
+        if merged is not None:
+            keys[meta.MERGED] = merged
         if check_bootable:
             kernels = tree.kernels()
             if len(kernels) != 1:
@@ -257,9 +265,9 @@ def import_image(
         if commit and repo.metadata(commit, meta.DIGEST) == remote.digest:
             version = repo.metadata(commit, meta.VERSION) or ""
             n = len(remote.diff_ids)
-            return ImportResult(
-                commit, ref, src.skopeo, remote.digest, version, n, 0, diff_ids=tuple(remote.diff_ids)
-            )
+            merged = repo.metadata(commit, meta.MERGED)
+            return ImportResult(commit, ref, src.skopeo, remote.digest, version, n, 0,
+                                diff_ids=tuple(remote.diff_ids), merged=merged)  # fmt: skip
         result = import_oci(
             repo, img, src.skopeo, work, on_layer, check_bootable=check_bootable, digest=remote.digest
         )

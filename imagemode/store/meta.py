@@ -8,3 +8,4 @@ MANIFEST = "imagemode.manifest"
 CONFIG = "imagemode.config"
 VERSION = "version"  # ostree's own key: `ostree admin status` prints it
 WHITEOUTS = "imagemode.whiteouts"  # on a layer commit: the layer's whiteouts, as JSON
+MERGED = "imagemode.merged"  # on an image commit: the key of its merged run (imagemode/merged/KEY)
