@@ -72,7 +72,8 @@ def read_prior(ref: ImageRef, tls_verify: bool = True) -> PriorImage | None:
 
 def default_prior(tag: ImageRef) -> PriorImage | None:
     """The image now under the tag being built, if it is a chunked one: its slots are kept. One whose
-    label fails its checks (not imagemode's) is no prior: the slots start afresh, once."""
+    label fails its checks (not imagemode's) is no prior: the slots start afresh, once. The same for
+    the image that `rechunk` reads, whose label its base gave it."""
     if tag.transport is not Transport.CONTAINERS_STORAGE or not storage.exists(tag):
         return None
     try:

@@ -107,7 +107,7 @@ def _local(ref: ImageRef) -> Iterator[ImageRef]:
 def _prior(opts: RechunkOptions, source: ImageRef) -> chunked.PriorImage | None:
     if opts.prior is not None:
         return chunked.read_prior(opts.prior)
-    return chunked.default_prior(opts.tag) or chunked.read_prior(source)
+    return chunked.default_prior(opts.tag) or chunked.default_prior(source)
 
 
 def _read(src: ImageRef, shown: ImageRef) -> tuple[dict[str, Any], dict[str, Any]]:
