@@ -508,3 +508,29 @@ def test_package_changes_between_two_lists() -> None:
     assert c.summary() == "1 upgraded, 1 downgraded, 1 added, 1 removed"
     assert c.to_dict()["upgraded"] == [{"name": "openssh-server", "from": "1:9.2p1-2+deb12u9",
                                         "to": "1:9.2p1-2+deb12u10"}]  # fmt: skip
+
+
+def test_fingerprints_keep_their_format(tmp_path: Path) -> None:
+    """A build reads the fingerprints of its prior's label: the format is a contract between builds of
+    different imagemode versions. These values are the ones the first chunked bases carry; a change
+    here makes every patchable component of every prior look changed (a directory's fingerprint once
+    took the sha256 of no bytes instead of none, and the base grew four needless patch layers)."""
+    root = tmp_path / "t"
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/tool").write_bytes(b"tool\n")
+    (root / "usr/bin/link").symlink_to("tool")
+    os.link(root / "usr/bin/tool", root / "usr/bin/hard")
+    for p in (root / "usr", root / "usr/bin", root / "usr/bin/tool"):
+        p.chmod(0o755)
+    write_layer(root, tmp_path / "t.tar", EPOCH)
+    with tarfile.open(tmp_path / "t.tar", "r:") as tar:
+        scan = components.scan(tar)
+        contents = write.Contents(tar, scan)
+        got = {n: (write.path_hash(n).hex(), contents.content_hash(scan.by_name[n]).hex())
+               for n in ("usr/bin", "usr/bin/tool", "usr/bin/link", "usr/bin/hard")}  # fmt: skip
+    assert got == {
+        "usr/bin": ("51eb85985e2f", "4c2af45da850"),
+        "usr/bin/tool": ("bb47f44a057a", "1d0d7511ffa9"),
+        "usr/bin/link": ("a69ab9f81b9d", "55df54baa840"),
+        "usr/bin/hard": ("85ea27866799", "1d0d7511ffa9"),  # a hard link is its target's bytes
+    }

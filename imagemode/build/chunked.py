@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import tarfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -88,9 +87,7 @@ class Chunked:
     layers: tuple[tuple[str, Path, Blob], ...]  # (slot, file, blob), bottom first
     label: chunk_label.ChunkLabel
     components: int
-    reused: int  # base layers of the prior build kept under a patch
     patches: tuple[str, ...]
-    seconds: float
 
 
 def chunk(
@@ -104,7 +101,6 @@ def chunk(
 ) -> Chunked:
     """The chunked layers of the tree in the flat layer tar `flat`, written under `work`. `rebase`: no
     patch layers; every changed component is shipped whole (imagemode.chunk.plan.make)."""
-    t0 = time.monotonic()
     with tarfile.open(flat, "r:") as tar:
         scan = components.scan(tar)
         contents = write.Contents(tar, scan)
@@ -131,9 +127,7 @@ def chunk(
         tuple(layers),
         plan.label(scan.packages, prior.prior if prior else None),
         len(scan.components),
-        len(reused),
         tuple(p.component for p in plan.patches),
-        time.monotonic() - t0,
     )
 
 

@@ -26,7 +26,7 @@ import hashlib
 import re
 import tarfile
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 from imagemode.chunk.label import PACKAGE, VERSION_TEXT
 from imagemode.chunk.packages import paragraphs
@@ -102,6 +102,14 @@ class Scan:
     packages: dict[str, str]  # binary package -> version
     kernel: str | None  # the kernel's component
 
+    def target(self, e: Entry) -> Entry:
+        """The entry whose bytes a hard link shares (the entry itself otherwise)."""
+        if e.info.islnk():
+            t = self.by_name.get(normalize(e.info.linkname) or "")
+            if t is not None and t.info.isreg():
+                return t
+        return e
+
 
 @dataclass
 class _Package:
@@ -144,12 +152,8 @@ class _Dpkg:
             if VERSION_TEXT.match(version) and PACKAGE.match(source):
                 self.packages[name] = _Package(version, source)
         links = _top_links(by_name)
-        info = f"{db}/info/"
         for e in by_name.values():
-            if not e.name.startswith(info):
-                continue
-            pkg, _, ext = e.name[len(info) :].rpartition(".")
-            pkg = pkg.split(":", 1)[0]
+            pkg, ext = info_file(e.name, db) or ("", "")
             if pkg not in self.packages:
                 continue
             if ext == "list":
@@ -182,6 +186,16 @@ class _Dpkg:
         return self.packages[min(pkgs)].source if pkgs else None
 
 
+def info_file(name: str, db: str | None) -> tuple[str, str] | None:
+    """(package, extension) of a package's own file in dpkg's `info/` (`libc6:amd64.list`); None for
+    any other path, dpkg's `info/format` included."""
+    prefix = f"{db}/info/"
+    if db is None or not name.startswith(prefix) or name == f"{prefix}format":
+        return None
+    pkg, _, ext = name[len(prefix) :].rpartition(".")
+    return pkg.split(":", 1)[0], ext
+
+
 def _top_links(by_name: dict[str, Entry]) -> dict[str, str]:
     """Top-level symlinks inside the tree (usrmerge's /bin -> usr/bin, the bootc layout's /home ->
     var/home): a path through one is the path of its target."""
@@ -212,23 +226,12 @@ def _dpkg_dir(by_name: dict[str, Entry]) -> str | None:
     return None
 
 
-def _md5(tar: tarfile.TarFile, info: tarfile.TarInfo) -> str:
-    f = tar.extractfile(info)
-    h = hashlib.md5(usedforsecurity=False)
-    if f is not None:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _volatile(e: Entry, db: str | None) -> bool:
     n = e.name
     if n in VOLATILE_FILES or n.startswith(VOLATILE_TREES):
         return True
-    if (
-        db is not None and n.startswith(f"{db}/") and not n.startswith(f"{db}/info/")
-    ) or n == f"{db}/info/format":
-        return True
+    if db is not None and n.startswith(f"{db}/") and info_file(n, db) is None:
+        return True  # dpkg's status, diversions, triggers...: all of its own but the packages' files
     # The links update-alternatives makes (/usr/bin/awk -> /etc/alternatives/awk) follow its choices.
     return e.info.issym() and e.info.linkname.startswith("/etc/alternatives/")
 
@@ -264,21 +267,21 @@ def scan(tar: tarfile.TarFile) -> Scan:
             continue  # a parent only: written into every layer that has something beneath it
         e.component, e.packaged = _component(tar, e, dpkg, kernels)
     components: dict[str, Component] = {}
+    found = Scan(
+        entries, by_name, components, {n: p.version for n, p in sorted(dpkg.packages.items())}, None
+    )
     for e in entries:
         if not e.component:
             continue
         c = components.setdefault(e.component, Component(e.component))
         c.entries.append(e)
-        if e.info.isreg():
-            c.size += e.info.size
-        elif e.info.islnk():
-            target = by_name.get(normalize(e.info.linkname) or "")
-            c.size += target.info.size if target is not None else 0
+        target = found.target(e)
+        if target.info.isreg():
+            c.size += target.info.size
         if e.packaged and not e.is_dir and not e.name.startswith(("etc/", "var/")):
             c.packaged_mtime = max(c.packaged_mtime, int(e.info.mtime))
-    kernel = next(iter(sorted(set(kernels.values()))), None)
-    packages = {n: p.version for n, p in sorted(dpkg.packages.items())}
-    return Scan(entries, by_name, components, packages, kernel)
+    found.kernel = next(iter(sorted(set(kernels.values()))), None)
+    return found
 
 
 def _component(tar: tarfile.TarFile, e: Entry, dpkg: _Dpkg, kernels: dict[str, str]) -> tuple[str, bool]:
@@ -292,18 +295,18 @@ def _component(tar: tarfile.TarFile, e: Entry, dpkg: _Dpkg, kernels: dict[str, s
     owner = dpkg.owner(n)
     if owner is not None:
         return owner, True
-    if dpkg.db is not None and n.startswith(f"{dpkg.db}/info/") and n != f"{dpkg.db}/info/format":
-        pkg = n[len(dpkg.db) + 6 :].rpartition(".")[0].split(":", 1)[0]
-        source = dpkg.source(pkg)
-        if source is not None:
-            return source, False
+    own = info_file(n, dpkg.db)
+    source = dpkg.source(own[0]) if own is not None else None
+    if source is not None:
+        return source, False
     if _volatile(e, dpkg.db):
         return VOLATILE, False
     derived = _derived(n, dpkg, kernels)
     if derived is not None:
         return derived, False
     if info.isreg() and info.size > 0:
-        sources = dpkg.md5.get(_md5(tar, info), set())
+        md5 = hashed(tar.extractfile(info), hashlib.md5(usedforsecurity=False)).hexdigest()
+        sources = dpkg.md5.get(md5, set())
         if len(sources) == 1:
             return next(iter(sources)), False
         if info.size >= LARGE:
@@ -329,9 +332,9 @@ def _derived(n: str, dpkg: _Dpkg, kernels: dict[str, str]) -> str | None:
     return None
 
 
-def hash_file(f: IO[bytes] | None) -> bytes:
-    h = hashlib.sha256()
+def hashed(f: IO[bytes] | None, h: Any) -> Any:
+    """`h` (a hashlib object) updated with everything `f` holds, read a MiB at a time."""
     if f is not None:
         while chunk := f.read(1 << 20):
             h.update(chunk)
-    return h.digest()
+    return h

@@ -2,8 +2,9 @@
 with the directories above it, in the flat layer's (name) order.
 
 - A component's files keep their .deb mtime. Directories and generated files are clamped to the
-  layer's own time: the newest .deb mtime among its files (the kernel's for the initramfs), and the
-  epoch only for a layer without one (volatile). So a new epoch changes no component's layer.
+  layer's own time: the newest .deb mtime among its files (the kernel's for the initramfs); for a
+  layer without one, the newest mtime older than the epoch, else a fixed date (_clamp). So a new
+  epoch changes no component's layer.
 - Only xattrs travel in the PAX headers; the same content gives the same layer bytes.
 - A hard link whose target is in another layer becomes a copy of the file: ostree stores both as
   the same object, so the composed tree is the same as the flat layer's.
@@ -16,10 +17,9 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 from imagemode.chunk import plan as chunk_plan
-from imagemode.chunk.components import INITRAMFS, Entry, Scan, hash_file, normalize
+from imagemode.chunk.components import INITRAMFS, Entry, Scan, hashed
 from imagemode.oci.layout import Blob, LayerWriter
 
 XATTR = "SCHILY.xattr."
@@ -48,22 +48,16 @@ class Contents:
         self._by_hash: dict[bytes, Entry] | None = None
         self._fingerprints: dict[str, chunk_plan.Fingerprints] = {}
 
-    def target(self, e: Entry) -> Entry:
-        """The entry whose bytes a hard link shares (the entry itself otherwise)."""
-        if e.info.islnk():
-            t = self.scan.by_name.get(normalize(e.info.linkname) or "")
-            if t is not None and t.info.isreg():
-                return t
-        return e
-
     def data_hash(self, e: Entry) -> bytes:
-        t = self.target(e)
+        t = self.scan.target(e)
         if t.name not in self._data:
-            self._data[t.name] = hash_file(self.tar.extractfile(t.info)) if t.info.isreg() else b""
+            data = self.tar.extractfile(t.info) if t.info.isreg() else None
+            # b"" for what has no bytes: the labels' fingerprints are made with it
+            self._data[t.name] = hashed(data, hashlib.sha256()).digest() if data is not None else b""
         return self._data[t.name]
 
     def content_hash(self, e: Entry) -> bytes:
-        i = self.target(e).info if e.info.islnk() else e.info
+        i = self.scan.target(e).info if e.info.islnk() else e.info
         kind = "f" if i.isreg() else "d" if i.isdir() else "l" if i.issym() else f"t{i.type!r}"
         xattrs = sorted((k, v) for k, v in i.pax_headers.items() if k.startswith(XATTR))
         head = repr((kind, i.mode & 0o7777, i.uid, i.gid, xattrs, i.linkname if i.issym() else ""))
@@ -86,8 +80,12 @@ class Contents:
 
     def sizes(self, component: str) -> dict[bytes, int]:
         """path hash -> bytes, of the component's regular files (and of its hard links' targets)."""
-        return {path_hash(e.name): self.target(e).info.size for e in self.scan.components[component].entries
-                if self.target(e).info.isreg()}  # fmt: skip
+        out = {}
+        for e in self.scan.components[component].entries:
+            t = self.scan.target(e)
+            if t.info.isreg():
+                out[path_hash(e.name)] = t.info.size
+        return out
 
     def tree(self) -> chunk_plan.Tree:
         if self._by_hash is None:
@@ -105,6 +103,7 @@ class Contents:
 class _Out:
     """One layer being written."""
 
+    path: Path
     writer: LayerWriter
     clamp: int
     dirs: set[str] = field(default_factory=set)
@@ -183,15 +182,16 @@ def write(
             o = outs.get(i)
             if o is None:
                 lp = plan.layers[i]
-                clamp = _clamp(lp, scan, epoch, patch_entries.get(i))
-                o = outs[i] = _Out(LayerWriter(out / f"layer-{i:03d}.tar"), clamp)
+                path = out / f"layer-{i:03d}.tar"
+                o = outs[i] = _Out(path, LayerWriter(path), _clamp(lp, scan, epoch, patch_entries.get(i)))
             _emit(tar, scan, contents, o, e)
         written = []
         for i, lp in enumerate(plan.layers):
             if lp.reuse is not None:
                 written.append(Written(lp, None, None))
             elif i in outs:
-                written.append(Written(lp, outs.pop(i).writer.close(), out / f"layer-{i:03d}.tar"))
+                o = outs.pop(i)
+                written.append(Written(lp, o.writer.close(), o.path))
         return written
     finally:
         for o in outs.values():
@@ -215,7 +215,7 @@ def _emit(tar: tarfile.TarFile, scan: Scan, contents: Contents, o: _Out, e: Entr
             o.dirs.add(e.name)
         return
     if e.info.islnk():
-        t = contents.target(e)
+        t = scan.target(e)
         here = o.files.get(t.name)
         if here is not None:
             ti = _clean(e.info, e.name, o.clamp)
@@ -225,16 +225,12 @@ def _emit(tar: tarfile.TarFile, scan: Scan, contents: Contents, o: _Out, e: Entr
         # Its target is in another layer: the bytes come here whole.
         ti = _clean(t.info, e.name, o.clamp)
         ti.mode, ti.uid, ti.gid = e.info.mode, e.info.uid, e.info.gid
-        o.writer.add(ti, _data(tar, t))
+        o.writer.add(ti, tar.extractfile(t.info))
         o.files[t.name] = e.name
         return
     ti = _clean(e.info, e.name, o.clamp)
     if e.info.isreg():
-        o.writer.add(ti, _data(tar, e))
+        o.writer.add(ti, tar.extractfile(e.info))
         o.files[e.name] = e.name
     else:
         o.writer.add(ti)
-
-
-def _data(tar: tarfile.TarFile, e: Entry) -> IO[bytes] | None:
-    return tar.extractfile(e.info)
