@@ -42,6 +42,7 @@ class Tree:
 
     def __init__(self, repo: Repo) -> None:
         self.g = gi()
+        self.store = repo
         self.repo = repo.handle
         self.root = self.g.OSTree.MutableTree.new()
         self._dirmeta: str | None = None
@@ -96,18 +97,11 @@ class Tree:
         if layers and not self.root.get_files() and not self.root.get_subdirs():
             if run > 1:
                 key = hashlib.sha256("\n".join(rev for rev, _ in layers[:run]).encode()).hexdigest()
-            kept = self._resolve(MERGED_REF + key) if key else None
+            kept = self.store.resolve(MERGED_REF + key) if key else None
             if kept is not None:
-                _, root, _ = self.repo.read_commit(kept, None)
-                self.root.fill_empty_from_dirtree(
-                    self.repo, root.tree_get_contents_checksum(), root.tree_get_metadata_checksum()
-                )
+                self.root.fill_empty_from_dirtree(self.repo, *self._root(kept))
             else:
-                roots = []
-                for rev, _ in layers[:run]:
-                    _, root, _ = self.repo.read_commit(rev, None)
-                    roots.append((root.tree_get_contents_checksum(), root.tree_get_metadata_checksum()))
-                self.merge(self.root, roots)
+                self.merge(self.root, [self._root(rev) for rev, _ in layers[:run]])
                 if key is not None:
                     self.commit(MERGED_REF + key, f"{run} layers merged", {}, 0)
             layers = layers[run:]
@@ -115,12 +109,10 @@ class Tree:
             self.add_layer(rev, wh)
         return key
 
-    def _resolve(self, ref: str) -> str | None:
-        try:
-            _, rev = self.repo.resolve_rev(ref, True)
-        except self.g.GLib.Error:
-            return None
-        return str(rev) if rev else None
+    def _root(self, rev: str) -> tuple[str, str]:
+        """(dirtree, dirmeta) of a commit's root."""
+        _, root, _ = self.repo.read_commit(rev, None)
+        return root.tree_get_contents_checksum(), root.tree_get_metadata_checksum()
 
     def merge(self, node: Any, sources: list[tuple[str, str]]) -> None:
         """Fill the empty `node` with the directories `sources` ((dirtree, dirmeta), bottom first) as
@@ -188,18 +180,17 @@ class Tree:
         or link where a directory was (a directory replaced by a symlink in a Containerfile), or a
         directory where a file was. libostree merges only directories into directories, so the lower
         entry is removed first. Only paths present on both sides are walked."""
-        _, v = self.repo.load_variant(self.g.OSTree.ObjectType.DIR_TREE, dirtree)
-        files, dirs = v.unpack()
+        files, dirs = self._entries(dirtree)
         for name, _ in files:
             _, sub = child(node, name)
             if sub is not None:
                 node.remove(name, False)
-        for name, contents, _meta in dirs:
+        for name, (contents, _meta) in dirs:
             csum, sub = child(node, name)
             if csum is not None:
                 node.remove(name, False)
             elif sub is not None:
-                self._make_room(self.g.OSTree.checksum_from_bytes(contents), sub)
+                self._make_room(contents, sub)
 
     # -- reading ------------------------------------------------------------------------------------
 
