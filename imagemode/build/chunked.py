@@ -17,6 +17,7 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from imagemode.chunk import components, write
 from imagemode.chunk import label as chunk_label
@@ -43,10 +44,9 @@ class PriorImage:
     tls_verify: bool = True
 
 
-def read_prior(ref: ImageRef, tls_verify: bool = True) -> PriorImage | None:
-    """The prior build's plan, from its config label; None when the image has no label (then the slots
-    start fresh). An image that cannot be read, or a label that fails its checks, is an error."""
-    what = f"--prior {ref.skopeo}"
+def inspect(ref: ImageRef, what: str, tls_verify: bool = True) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(manifest digest, manifest, config) of an image, each checked; no layer is read. `what` names
+    the image in an error."""
     try:
         raw = storage.inspect_raw(ref, tls_verify=tls_verify)
         if oci_manifest.is_index(oci_manifest.load(raw, f"{what}: manifest")):
@@ -54,18 +54,26 @@ def read_prior(ref: ImageRef, tls_verify: bool = True) -> PriorImage | None:
         manifest = oci_manifest.manifest(raw, f"{what}: manifest")
         cfg_raw = storage.inspect_raw(ref, config=True, tls_verify=tls_verify)
         config = oci_manifest.config(cfg_raw, len(manifest["layers"]), f"{what}: config")
-        label = chunk_label.of_config(config)
     except RunError as e:
         raise ChunkError(f"{what}: cannot read it: {fetch.cause(e)}") from None
     except oci_manifest.ManifestError as e:
         raise ChunkError(str(e)) from None
+    return oci_manifest.digest_of(raw), manifest, config
+
+
+def read_prior(ref: ImageRef, tls_verify: bool = True) -> PriorImage | None:
+    """The prior build's plan, from its config label; None when the image has no label (then the slots
+    start fresh). An image that cannot be read, or a label that fails its checks, is an error."""
+    what = f"--prior {ref.skopeo}"
+    digest, _, config = inspect(ref, what, tls_verify)
+    try:
+        label = chunk_label.of_config(config)
     except chunk_label.LabelError as e:
         raise ChunkError(f"{what}: {e}") from None
     if label is None:
         return None
     if len(label.layers) > len(config["rootfs"]["diff_ids"]):
         raise ChunkError(f"{what}: its label names more layers than the image has")
-    digest = oci_manifest.digest_of(raw)
     return PriorImage(ref, chunk_plan.Prior(label, tuple(config["rootfs"]["diff_ids"]), digest), tls_verify)
 
 

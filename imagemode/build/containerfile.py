@@ -27,12 +27,8 @@ def isolation() -> str:
 def lint_image(ref: ImageRef) -> lint.Report:
     """Lint a local image, or one from any transport by way of a temporary local copy."""
     if ref.transport is not Transport.CONTAINERS_STORAGE:
-        temp = local_tag(f"localhost/imagemode-lint-tmp:{secrets.token_hex(6)}")
-        storage.copy(ref, temp)
-        try:
+        with storage.as_local(ref, "lint") as temp:
             report = lint_image(temp)
-        finally:
-            storage.untag(temp)
         report.image = ref.skopeo
         return report
     labels = storage.labels(ref)

@@ -13,14 +13,12 @@ not touch is written into the very layer the base has.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +26,9 @@ from imagemode.build import chunked
 from imagemode.build.spec import DEFAULT_CACHE
 from imagemode.chunk import label as chunk_label
 from imagemode.errors import ImagemodeError
-from imagemode.oci import manifest as oci_manifest
 from imagemode.oci import storage
-from imagemode.oci.layout import Layout, write_layer
-from imagemode.oci.reference import ImageRef, Transport, local_tag
-from imagemode.run import RunError
-from imagemode.store import fetch
+from imagemode.oci.layout import Layout, epoch_of, iso_time, write_layer
+from imagemode.oci.reference import ImageRef, Transport
 from imagemode.ui import human_size
 
 
@@ -77,56 +72,26 @@ class RechunkResult:
         )
 
 
-def _epoch(config: dict[str, Any]) -> int:
-    created = config.get("created")
-    try:
-        return int(datetime.fromisoformat(str(created).replace("Z", "+00:00")).timestamp())
-    except ValueError:
-        raise ImagemodeError(
-            f"the image's config has no usable created time ({str(created)[:40]!r});"
-            " give --source-date-epoch"
-        ) from None
-
-
-@contextlib.contextmanager
-def _local(ref: ImageRef) -> Iterator[ImageRef]:
-    """The image in local containers-storage: as it is, or a temporary copy of it."""
-    if ref.transport is Transport.CONTAINERS_STORAGE:
-        yield ref
-        return
-    import secrets
-
-    temp = local_tag(f"localhost/imagemode-rechunk-tmp:{secrets.token_hex(6)}")
-    storage.copy(ref, temp)
-    try:
-        yield temp
-    finally:
-        storage.untag(temp)
-
-
 def _prior(opts: RechunkOptions, source: ImageRef) -> chunked.PriorImage | None:
     if opts.prior is not None:
         return chunked.read_prior(opts.prior)
     return chunked.default_prior(opts.tag) or chunked.default_prior(source)
 
 
-def _read(src: ImageRef, shown: ImageRef) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The image's manifest and config, checked."""
-    try:
-        manifest = oci_manifest.manifest(storage.inspect_raw(src), f"{shown.spec}: manifest")
-        cfg_raw = storage.inspect_raw(src, config=True)
-        return manifest, oci_manifest.config(cfg_raw, len(manifest["layers"]), f"{shown.spec}: config")
-    except RunError as e:
-        raise ImagemodeError(f"cannot read {shown.spec}: {fetch.cause(e)}") from None
-
-
 def rechunk(opts: RechunkOptions, say: Callable[[str], None] = lambda s: None) -> RechunkResult:
     t0 = time.monotonic()
     if opts.image.transport is Transport.CONTAINERS_STORAGE and not storage.exists(opts.image):
         raise storage.ImageNotFoundError(f"image {opts.image} is not in local containers-storage")
-    with _local(opts.image) as src:
-        manifest, config = _read(src, opts.image)
-        epoch = opts.source_date_epoch if opts.source_date_epoch is not None else _epoch(config)
+    with storage.as_local(opts.image, "rechunk") as src:
+        _, manifest, config = chunked.inspect(src, opts.image.spec)
+        epoch = (
+            opts.source_date_epoch if opts.source_date_epoch is not None else epoch_of(config.get("created"))
+        )
+        if epoch is None:
+            raise ImagemodeError(
+                f"the image's config has no usable created time ({str(config.get('created'))[:40]!r});"
+                " give --source-date-epoch"
+            )
         prior = _prior(opts, src)
         opts.cache_dir.joinpath("work").mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="rechunk-", dir=opts.cache_dir / "work"))
@@ -166,8 +131,6 @@ def _write(
     prior: chunked.PriorImage | None,
 ) -> str:
     """The chunked image into containers-storage under `tag`; returns its manifest digest."""
-    from imagemode.oci.layout import iso_time
-
     layout = Layout(work / "oci")
     for _, path, blob in done.layers:
         layout.add_file(path, blob)

@@ -165,6 +165,17 @@ def iso_time(epoch: int) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def epoch_of(created: object) -> int | None:
+    """An image config's `created` as seconds since the epoch (iso_time's inverse); None when it is
+    absent or no time."""
+    if not isinstance(created, str) or not created:
+        return None
+    try:
+        return int(datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return None
+
+
 class Layout:
     """An OCI image layout directory being written: blobs first, index.json last."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 from imagemode.errors import ImagemodeError
 from imagemode.oci import auth
 from imagemode.oci.policy import Trust
-from imagemode.oci.reference import ImageRef, Transport
+from imagemode.oci.reference import ImageRef, Transport, local_tag
 from imagemode.run import RunError, run
 
 
@@ -132,3 +133,18 @@ def mounted(ref: ImageRef) -> Iterator[Path]:
         yield path
     finally:
         run(["podman", "image", "unmount", str(ref)], check=False)
+
+
+@contextlib.contextmanager
+def as_local(ref: ImageRef, purpose: str) -> Iterator[ImageRef]:
+    """`ref` in local containers-storage for the time of the block: itself, or a temporary copy of an
+    image from any other transport, untagged at the end."""
+    if ref.transport is Transport.CONTAINERS_STORAGE:
+        yield ref
+        return
+    temp = local_tag(f"localhost/imagemode-{purpose}-tmp:{secrets.token_hex(6)}")
+    copy(ref, temp)
+    try:
+        yield temp
+    finally:
+        untag(temp)

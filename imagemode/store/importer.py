@@ -23,7 +23,7 @@ from typing import Any
 from imagemode.errors import ImagemodeError
 from imagemode.oci import manifest as oci_manifest
 from imagemode.oci.image import Image
-from imagemode.oci.layout import blob_path
+from imagemode.oci.layout import blob_path, epoch_of
 from imagemode.oci.policy import Trust
 from imagemode.oci.reference import ImageRef
 from imagemode.store import compose, fetch, layers, meta
@@ -207,19 +207,8 @@ def _compose(
                 )
         tree.ostree_layout()
         subject = f"{image}@{digest}"
-        commit = tree.commit(ref, subject, keys, _epoch(img.config.get("created", "")))
+        commit = tree.commit(ref, subject, keys, epoch_of(img.config.get("created")))
     return commit, ref, version
-
-
-def _epoch(created: str) -> int | None:
-    from datetime import datetime
-
-    if not created:
-        return None
-    try:
-        return int(datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp())
-    except ValueError:
-        return None
 
 
 def import_image(
