@@ -22,6 +22,7 @@ Prints a table and JSON.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -40,6 +41,7 @@ from upgrade import SENT, serve  # noqa: E402  (bench/upgrade.py: the counting H
 
 from imagemode.build import apt, base  # noqa: E402
 from imagemode.build.spec import BaseSpec, Lock  # noqa: E402
+from imagemode.chunk.packages import compare_versions  # noqa: E402
 from imagemode.oci import storage  # noqa: E402
 from imagemode.oci.reference import local_tag, parse  # noqa: E402
 from imagemode.store import fetch, importer  # noqa: E402
@@ -110,23 +112,14 @@ def older_lock(state: apt.AptState, lock: Lock, source: str, owners: dict[str, s
     for p in binaries:
         listed = state._apt("apt-cache", "madison", p.name)
         versions = {line.split("|")[1].strip() for line in listed.splitlines() if "|" in line}
-        older = {v for v in versions if _lt(v, p.version)}
+        older = {v for v in versions if compare_versions(v, p.version) < 0}
         common = older if common is None else common & older
     if not common:
         raise SystemExit(f"the archive has no older version of every binary of {source}")
-    pick = max(common, key=_Version)
+    pick = max(common, key=functools.cmp_to_key(compare_versions))
     names = {p.name for p in binaries}
     pkgs = tuple(replace(p, version=pick) if p.name in names else p for p in lock.packages)
     return replace(lock, packages=pkgs), f"{binaries[0].version} from {pick}"
-
-
-def _lt(a: str, b: str) -> bool:
-    return subprocess.run(["dpkg", "--compare-versions", a, "lt", b]).returncode == 0
-
-
-class _Version(str):
-    def __lt__(self, other: str) -> bool:  # type: ignore[override]
-        return _lt(self, other)
 
 
 # ---- what a device downloads ------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 
 from imagemode.chunk import label as chunk_label
 from imagemode.chunk import plan as chunk_plan
+from imagemode.chunk.packages import compare_versions
 from imagemode.oci.reference import parse_local
 from imagemode.store import importer
 from imagemode.store.ostree import Repo
@@ -95,8 +96,7 @@ def _older(lock: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
             listed = subprocess.run(["apt-cache", "madison", p["name"]], capture_output=True, text=True,
                                     env=env, check=True).stdout  # fmt: skip
             versions = [ln.split("|")[1].strip() for ln in listed.splitlines() if "|" in ln]
-            older = [v for v in versions if subprocess.run(["dpkg", "--compare-versions", v, "lt",
-                                                            p["version"]]).returncode == 0]  # fmt: skip
+            older = [v for v in versions if compare_versions(v, p["version"]) < 0]
             assert older, f"the mirror has no older {p['name']} than {p['version']}"
             p = {**p, "version": older[0]}
         out["packages"].append(p)
