@@ -171,3 +171,15 @@ def test_rechunk_refuses_what_it_cannot_read(tmp_path: Path) -> None:
     assert p.returncode == 1 and "--prior" in p.stderr and p.stderr.count("\n") == 1, p.stderr
     assert podman("image", "exists", "localhost/x:1", check=False).returncode == 1
     assert ROOT.exists()
+
+
+def test_a_prior_it_cannot_read_is_refused_before_anything_is_built(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    p = imagemode("build", "base", "--prior", "localhost/imagemode/none-such:1", "-t", "localhost/x:1",
+                  "--cache-dir", str(cache), check=False)  # fmt: skip
+    assert p.returncode == 1 and p.stderr.count("\n") == 1, p.stderr
+    assert p.stderr.startswith(
+        "imagemode: error: --prior containers-storage:localhost/imagemode/none-such:1"
+    )
+    assert not cache.exists(), "apt or mmdebstrap ran before the prior was read"
+    assert podman("image", "exists", "localhost/x:1", check=False).returncode == 1

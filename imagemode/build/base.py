@@ -325,6 +325,10 @@ def write_imagemode_layer(dest: Path) -> Blob:
 
 
 def build(opts: BaseOptions, progress: Progress) -> BaseResult:
+    # The prior is read first: one it cannot read is refused before a minute of building, not after.
+    prior = None
+    if not opts.single_layer:
+        prior = chunked.read_prior(opts.prior) if opts.prior else chunked.default_prior(opts.tag)
     with progress.step(PLAN_STEPS[0].name, PLAN_STEPS[0].summary):
         lock = resolve(opts)
     key = cache_key(opts.spec, lock)
@@ -343,12 +347,10 @@ def build(opts: BaseOptions, progress: Progress) -> BaseResult:
         os_layers: list[tuple[str, Path, Blob]] = [("os", layer_dir / "layer.tar", os_blob)]
         label: chunk_label.ChunkLabel | None = None
         patches: tuple[str, ...] = ()
-        prior = None
         if opts.single_layer:
             progress.skipped("chunk", "--single-layer: the OS is one layer")
         else:
             with progress.step("chunk", "group the OS tree into layers by source package"):
-                prior = chunked.read_prior(opts.prior) if opts.prior else chunked.default_prior(opts.tag)
                 done = chunked.chunk(
                     layer_dir / "layer.tar", epoch, prior, work, opts.cache_dir, progress.line, opts.rebase
                 )
